@@ -1,0 +1,5 @@
+import asyncio
+
+from clients.agent.agent import main
+
+asyncio.run(main())

@@ -1,0 +1,86 @@
+"""Runs one assigned workload as a local process and measures it.
+
+Usage is measured twice over: while the process runs, psutil samples its CPU time (with its
+children) and resident memory; when it exits, `wait4` gives the kernel's exact rusage. Samples are
+cumulative and their seq increases, so metering can integrate them and spot repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import psutil
+
+
+@dataclass
+class Usage:
+    cpu_us: int
+    wall_us: int
+    rss_peak_bytes: int
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    usage: Usage
+    message: str
+
+
+def map_path(value: str, mounts: dict[str, Path]) -> str:
+    """Rewrite a path under a mount prefix (e.g. /myjobs/x.py) to the host folder it is mounted from."""
+    for prefix, host in mounts.items():
+        if value == prefix or value.startswith(prefix + "/"):
+            return str(host) + value[len(prefix):]
+    return value
+
+
+async def run_process(command: list[str], env: dict[str, str], workdir: Path, timeout_s: float,
+                      on_sample: Callable[[Usage], Awaitable[None]], interval_s: float = 0.5) -> Outcome:
+    """Run `command` until it exits or `timeout_s` passes; call `on_sample` with cumulative usage."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(workdir / "stdout.log", "wb") as out, open(workdir / "stderr.log", "wb") as err:
+        try:
+            proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=out, stderr=err, start_new_session=True)
+        except OSError as e:
+            return Outcome(None, Usage(0, 0, 0), f"could not start {command[0]!r}: {e}")
+    peak = 0
+    last = Usage(0, 0, 0)
+    waiter = asyncio.ensure_future(asyncio.to_thread(os.wait4, proc.pid, 0))
+    message = ""
+    while not waiter.done():
+        done, _ = await asyncio.wait({waiter}, timeout=interval_s)
+        if done:
+            break
+        wall = int((time.monotonic() - started) * 1e6)
+        if wall > timeout_s * 1e6:
+            os.killpg(proc.pid, signal.SIGKILL)
+            message = f"killed at its deadline after {timeout_s:.0f} s"
+            continue
+        try:
+            p = psutil.Process(proc.pid)
+            with p.oneshot():
+                t = p.cpu_times()
+                cpu = int((t.user + t.system + t.children_user + t.children_system) * 1e6)
+                peak = max(peak, p.memory_info().rss)
+        except psutil.Error:
+            continue  # exited between the checks; wait4 has the final figures
+        last = Usage(max(cpu, last.cpu_us), wall, peak)
+        await on_sample(last)
+    _, status, ru = waiter.result()
+    wall = int((time.monotonic() - started) * 1e6)
+    cpu = int((ru.ru_utime + ru.ru_stime) * 1e6)
+    final = Usage(max(cpu, last.cpu_us), max(wall, last.wall_us), max(peak, ru.ru_maxrss * 1024))
+    await on_sample(final)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 and not message:
+        tail = (workdir / "stderr.log").read_bytes()[-300:].decode(errors="replace").strip()
+        message = f"exit code {code}" + (f": {tail}" if tail else "")
+    return Outcome(code, final, message)

@@ -1,0 +1,54 @@
+"""Placement's facts: where a workload runs and how it ended."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from uuid import UUID
+
+from pydantic import AwareDatetime
+
+from libs.common.envelope import Payload
+from libs.common.events import event
+from libs.common.manifest import JobRequest
+
+
+@event("WorkloadAssigned", subject="placement.workload.assigned")
+class WorkloadAssigned(Payload):
+    """The assignment, on the vendor's subject: what the vendor agent must run."""
+
+    workload_id: UUID
+    job_id: UUID
+    vendor: str
+    node: str
+    request: JobRequest
+    start_at: AwareDatetime
+    deadline: AwareDatetime
+
+
+class _WorkloadFact(Payload):
+    workload_id: UUID
+    job_id: UUID
+    tenant: str
+    name: str
+    vendor: str
+    node: str
+    at: AwareDatetime
+
+
+@event("WorkloadStarted", subject="placement.workload.started")
+class WorkloadStarted(_WorkloadFact):
+    vcpu: Decimal
+    memory_gib: Decimal
+
+
+@event("WorkloadFinished", subject="placement.workload.finished")
+class WorkloadFinished(_WorkloadFact):
+    exit_code: int
+    last_usage_seq: int | None = None
+
+
+@event("WorkloadFailed", subject="placement.workload.failed")
+class WorkloadFailed(_WorkloadFact):
+    reason: str
+    exit_code: int | None = None
+    last_usage_seq: int | None = None

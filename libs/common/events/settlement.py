@@ -1,0 +1,37 @@
+"""Settlement's facts: money held, charged, released."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from libs.common.envelope import Payload
+from libs.common.events import event
+
+
+@event("FundsHeld", subject="settlement.funds.held")
+class FundsHeld(Payload):
+    job_id: UUID
+    tenant: str
+    amount_micro_eur: int  # cap x DTU rate x expected hours
+
+
+@event("ChargePosted", subject="settlement.charge.posted")
+class ChargePosted(Payload):
+    """The consumer paid for a job: vendor amount + exchange fee, from the hold."""
+
+    job_id: UUID
+    tenant: str
+    name: str
+    vendor: str
+    dtu_micro_hours: int
+    price_micro_eur_per_dtu_hour: int
+    vendor_micro_eur: int
+    fee_micro_eur: int
+    total_micro_eur: int
+
+
+@event("HoldReleased", subject="settlement.hold.released")
+class HoldReleased(Payload):
+    job_id: UUID
+    tenant: str
+    amount_micro_eur: int

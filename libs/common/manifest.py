@@ -1,0 +1,316 @@
+"""The consumer's job manifest: parsing, validation with field-named errors, and its normalised form.
+
+The first manifest ever written for strongmoose must always be accepted as it stands, so the
+Kubernetes-shaped names (`apiVersion`, `kind`, `metadata.namespace`, camelCase spec fields) are kept
+and every field beyond it is optional with a documented default:
+
+| field                          | default                                  |
+| ------------------------------ | ---------------------------------------- |
+| spec.resources.cpu             | 1 (vCPU; Kubernetes quantities: 2, "500m") |
+| spec.resources.memory          | "4Gi" (Kubernetes quantities: Gi, Mi, G, M) |
+| spec.resources.gpu             | 0                                        |
+| spec.expectedDuration          | "1h" (also "90s", "15m", "2h30m", or seconds) |
+| spec.command                   | ["python3", spec.scriptPath]              |
+| spec.restrictions              | none (any region, any vendor)            |
+
+`restrictions.region` matches an offer's region code, its country ("Sweden") or "EU" for any
+vendor in an EU member state. `maxEuroPerDTU` is the price cap per DTU-hour (one vCPU with up to
+4 GiB for one hour), in EUR with at most 6 decimals; money is held as integer micro-euros.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+API_VERSION = "strongmoose.dsoderlund.consulting/v1alpha1"
+KINDS = {"job", "Job"}
+MICRO = Decimal(1_000_000)
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class FieldError(BaseModel):
+    """One reason a manifest was refused: which field, and why."""
+
+    model_config = ConfigDict(frozen=True)
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class ManifestError(ValueError):
+    def __init__(self, errors: list[FieldError]):
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class Resources(BaseModel):
+    """Normalised resources of one job."""
+
+    model_config = ConfigDict(frozen=True)
+    vcpu: Decimal = Decimal(1)
+    memory_gib: Decimal = Decimal(4)
+    gpu: int = 0
+    gpu_model: str | None = None
+
+    @property
+    def dtu_rate(self) -> Decimal:
+        """DTUs this job occupies: max(vCPU, memory GiB / 4)."""
+        return max(self.vcpu, self.memory_gib / 4)
+
+
+class Restrictions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    region: str | None = None
+    vendors: tuple[str, ...] = ()
+
+
+class JobRequest(BaseModel):
+    """A manifest after validation and defaults: what matching, placement and settlement work from."""
+
+    model_config = ConfigDict(frozen=True)
+    tenant: str  # the manifest's namespace
+    name: str
+    image: str | None = None
+    not_after: AwareDatetime
+    max_micro_eur_per_dtu_hour: int = Field(gt=0)
+    command: tuple[str, ...]
+    env: dict[str, str] = {}
+    resources: Resources = Resources()
+    expected_duration_s: int = 3600
+    restrictions: Restrictions = Restrictions()
+
+    @property
+    def party(self) -> str:
+        return f"t-{self.tenant}"
+
+
+def parse_quantity_cpu(v: Any) -> Decimal:
+    s = str(v).strip()
+    d = Decimal(s[:-1]) / 1000 if s.endswith("m") else Decimal(s)
+    if not d.is_finite() or d <= 0:
+        raise ValueError("must be a positive number of vCPUs such as 2 or 500m")
+    return d
+
+
+_MEM_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_quantity_memory_gib(v: Any) -> Decimal:
+    s = str(v).strip()
+    for unit, factor in _MEM_UNITS.items():
+        if s.endswith(unit):
+            d = Decimal(s[: -len(unit)]) * factor / 2**30
+            break
+    else:
+        d = Decimal(s) / 2**30  # plain bytes, as Kubernetes reads them
+    if not d.is_finite() or d <= 0:
+        raise ValueError("must be a positive quantity such as 4Gi or 512Mi")
+    return d
+
+
+def parse_duration_s(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("must be a duration such as 90s, 15m or 1h")
+    if isinstance(v, int):
+        seconds = v
+    else:
+        m = _DURATION.match(str(v).strip())
+        if not m or not any(m.groups()):
+            raise ValueError("must be a duration such as 90s, 15m, 1h or 2h30m")
+        h, mi, s = (int(g or 0) for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s
+    if seconds <= 0 or seconds > 366 * 24 * 3600:
+        raise ValueError("must be between 1 second and 366 days")
+    return seconds
+
+
+def euro_to_micro(v: Any) -> int:
+    """EUR (at most 6 decimals) to integer micro-euros; floats go through their shortest repr."""
+    if isinstance(v, bool):
+        raise ValueError("must be a number of euros")
+    try:
+        d = Decimal(str(v))
+    except InvalidOperation:
+        raise ValueError("must be a number of euros") from None
+    if not d.is_finite():
+        raise ValueError("must be a finite number of euros")
+    if d <= 0:
+        raise ValueError("must be greater than 0")
+    micro = d * MICRO
+    if micro != micro.to_integral_value():
+        raise ValueError("has more than 6 decimals (a micro-euro is the smallest unit)")
+    if d > 1_000_000:
+        raise ValueError("is larger than 1,000,000 EUR per DTU-hour")
+    return int(micro)
+
+
+class _Raw(BaseModel):
+    """Pydantic shape of the manifest; field-level checks that need no context."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    class Metadata(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        name: str
+        namespace: str
+        labels: dict[str, str] = {}
+
+        @field_validator("name", "namespace")
+        @classmethod
+        def dns_label(cls, v: str) -> str:
+            if not _NAME.match(v):
+                raise ValueError("must be a DNS-1123 label: lower-case letters, digits and '-', at most 63")
+            return v
+
+    class Spec(BaseModel):
+        model_config = ConfigDict(extra="forbid", validate_default=True)
+
+        class Res(BaseModel):
+            model_config = ConfigDict(extra="forbid", validate_default=True)
+            cpu: Any = 1
+            memory: Any = "4Gi"
+            gpu: int = Field(0, ge=0, le=64)
+            gpuModel: str | None = None
+
+            @field_validator("cpu")
+            @classmethod
+            def _cpu(cls, v: Any) -> Decimal:
+                try:
+                    return parse_quantity_cpu(v)
+                except (InvalidOperation, ValueError):
+                    raise ValueError("must be a positive number of vCPUs such as 2 or 500m") from None
+
+            @field_validator("memory")
+            @classmethod
+            def _mem(cls, v: Any) -> Decimal:
+                try:
+                    return parse_quantity_memory_gib(v)
+                except (InvalidOperation, ValueError):
+                    raise ValueError("must be a positive quantity such as 4Gi or 512Mi") from None
+
+        class Restr(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            region: str | None = None
+            vendor: list[str] | str | None = None
+
+        image: str | None = None
+        notAfter: AwareDatetime
+        maxEuroPerDTU: Any
+        scriptPath: str | None = None
+        command: list[str] | None = None
+        args: list[str] = []
+        env: dict[str, str] = {}
+        resources: Res = Res()
+        expectedDuration: Any = "1h"
+        restrictions: Restr = Restr()
+
+        @field_validator("maxEuroPerDTU")
+        @classmethod
+        def _cap(cls, v: Any) -> int:
+            return euro_to_micro(v)
+
+        @field_validator("expectedDuration")
+        @classmethod
+        def _dur(cls, v: Any) -> int:
+            return parse_duration_s(v)
+
+        @field_validator("env", mode="before")
+        @classmethod
+        def _env(cls, v: Any) -> Any:
+            # YAML turns `PORT: 80` into an int; Kubernetes users expect env values as strings
+            if isinstance(v, dict):
+                return {k: str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+                        for k, x in v.items()}
+            return v
+
+    apiVersion: str
+    kind: str
+    metadata: Metadata
+    spec: Spec
+
+    @field_validator("apiVersion")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        if v != API_VERSION:
+            raise ValueError(f"must be {API_VERSION}")
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in KINDS:
+            raise ValueError("must be job (or Job)")
+        return v
+
+
+def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
+    """Validate a manifest as submitted at `submitted_at` (the event time, never the wall clock).
+
+    Raises ManifestError naming every offending field and the reason.
+    """
+    if not isinstance(doc, dict):
+        raise ManifestError([FieldError(field="(manifest)", reason="must be a mapping (a YAML/JSON object)")])
+    try:
+        raw = _Raw.model_validate(doc)
+    except ValidationError as e:
+        raise ManifestError([_field_error(err) for err in e.errors()]) from None
+    s = raw.spec
+    errors: list[FieldError] = []
+    if s.command:
+        command = tuple(s.command) + tuple(s.args)
+    elif s.scriptPath:
+        command = ("python3", s.scriptPath, *s.args)
+    else:
+        command = ()
+        errors.append(FieldError(field="spec.scriptPath", reason="either spec.scriptPath or spec.command is required"))
+    earliest_end = submitted_at.timestamp() + s.expectedDuration
+    if s.notAfter <= submitted_at:
+        errors.append(FieldError(field="spec.notAfter", reason=(
+            f"deadline {s.notAfter.isoformat()} is already past (submitted {submitted_at.isoformat()})")))
+    elif s.notAfter.timestamp() < earliest_end:
+        errors.append(FieldError(field="spec.notAfter", reason=(
+            f"deadline {s.notAfter.isoformat()} leaves less than the expected duration "
+            f"of {s.expectedDuration} s")))
+    vendors = s.restrictions.vendor
+    vendor_list = tuple([vendors] if isinstance(vendors, str) else (vendors or []))
+    if errors:
+        raise ManifestError(errors)
+    return JobRequest(
+        tenant=raw.metadata.namespace,
+        name=raw.metadata.name,
+        image=s.image,
+        not_after=s.notAfter,
+        max_micro_eur_per_dtu_hour=s.maxEuroPerDTU,
+        command=command,
+        env=s.env,
+        resources=Resources(vcpu=s.resources.cpu, memory_gib=s.resources.memory, gpu=s.resources.gpu,
+                            gpu_model=s.resources.gpuModel),
+        expected_duration_s=s.expectedDuration,
+        restrictions=Restrictions(region=s.restrictions.region, vendors=vendor_list),
+    )
+
+
+def manifest_identity(doc: Any) -> tuple[str, str]:
+    """Best-effort (namespace, name) of even an invalid manifest, so a rejection can name its job."""
+    md = doc.get("metadata") if isinstance(doc, dict) else None
+    if not isinstance(md, dict):
+        return ("", "")
+    return (str(md.get("namespace") or ""), str(md.get("name") or ""))
+
+
+def _field_error(err: dict[str, Any]) -> FieldError:
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(manifest)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "is required"
+    elif err["type"] == "extra_forbidden":
+        msg = "is not a known field"
+    return FieldError(field=loc, reason=msg)

@@ -1,0 +1,15 @@
+"""Settings shared by every process; each service adds its own with an env prefix."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """`NATS_URL` and `DATABASE_URL`; a service's schema defaults to its name (`<SERVICE>_SCHEMA`)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/strongmoose"
+    batch_size: int = 200  # messages pulled per fetch, handled in one transaction

@@ -1,0 +1,107 @@
+"""Streams and durable consumers: the only place their names, retention, `max_deliver`, `ack_wait`
+and the duplicate window are spelled. `ensure_streams()` creates or updates them idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from libs.common import subjects as s
+
+DUPLICATE_WINDOW_S = 120.0  # a relay re-publish after a crash lands inside this window and is dropped
+MAX_AGE_S = 30 * 24 * 3600.0  # streams are the audit log: keep a month (limits retention)
+
+# stream -> subjects; each source publishes its facts to its own stream
+STREAMS: dict[str, list[str]] = {
+    "SDK": ["sdk.>"],
+    "AGENT": ["agent.>"],
+    "INTAKE": ["intake.>"],
+    "MATCHING": ["matching.>"],
+    "PLACEMENT": ["placement.>"],
+    "METERING": ["metering.>"],
+    "SETTLEMENT": ["settlement.>"],
+    "DLQ": ["dlq.>"],
+}
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer: `<consumer>-<entity>-<verb>` on one subject filter."""
+
+    durable: str
+    stream: str
+    filter_subject: str
+    max_deliver: int = 8
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 2000
+
+    @property
+    def service(self) -> str:
+        return self.durable.split("-", 1)[0]
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=self.filter_subject,
+            max_deliver=self.max_deliver,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+
+def _c(durable: str, stream: str, filter_subject: str) -> ConsumerSpec:
+    return ConsumerSpec(durable, stream, filter_subject)
+
+
+# every durable consumer of every service
+INTAKE_JOB_SUBMITTED = _c("intake-job-submitted", "SDK", s.JOB_SUBMITTED_ANY)
+INTAKE_MATCHING = _c("intake-job-matching", "MATCHING", "matching.>")
+INTAKE_PLACEMENT = _c("intake-workload-placement", "PLACEMENT", "placement.>")
+INTAKE_METERING = _c("intake-meter-closed", "METERING", s.METER_CLOSED_ANY)
+INTAKE_SETTLEMENT = _c("intake-charge-posted", "SETTLEMENT", s.CHARGE_POSTED_ANY)
+
+MATCHING_OFFER_PUBLISHED = _c("matching-offer-published", "AGENT", s.OFFER_PUBLISHED_ANY)
+MATCHING_JOB_ACCEPTED = _c("matching-job-accepted", "INTAKE", s.JOB_ACCEPTED_ANY)
+MATCHING_WORKLOAD_FINISHED = _c("matching-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
+MATCHING_WORKLOAD_FAILED = _c("matching-workload-failed", "PLACEMENT", s.WORKLOAD_FAILED_ANY)
+
+PLACEMENT_JOB_MATCHED = _c("placement-job-matched", "MATCHING", s.JOB_MATCHED_ANY)
+PLACEMENT_WORKLOAD_REPORTED = _c("placement-workload-reported", "AGENT", s.WORKLOAD_REPORTED_ANY)
+
+METERING_WORKLOAD_STARTED = _c("metering-workload-started", "PLACEMENT", s.WORKLOAD_STARTED_ANY)
+METERING_WORKLOAD_FINISHED = _c("metering-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
+METERING_WORKLOAD_FAILED = _c("metering-workload-failed", "PLACEMENT", s.WORKLOAD_FAILED_ANY)
+METERING_USAGE_SAMPLED = _c("metering-usage-sampled", "AGENT", s.USAGE_SAMPLED_ANY)
+
+SETTLEMENT_JOB_MATCHED = _c("settlement-job-matched", "MATCHING", s.JOB_MATCHED_ANY)
+SETTLEMENT_METER_CLOSED = _c("settlement-meter-closed", "METERING", s.METER_CLOSED_ANY)
+
+
+def agent_assignments(vendor: str) -> ConsumerSpec:
+    """The vendor agent's own durable consumer on its assignment subject."""
+    return ConsumerSpec(f"agent-{vendor}-assigned", "PLACEMENT", s.workload_assigned_to(vendor),
+                        max_deliver=5, ack_wait_s=60.0)
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create every stream, or bring an existing one to this configuration (idempotent)."""
+    for name, subjects in STREAMS.items():
+        config = StreamConfig(
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)

@@ -1,0 +1,65 @@
+"""Subjects: `<source>.<entity>.<verb>.<party>`; the party token lets NATS permissions confine a
+tenant or vendor to its own subjects. Prefixes live with each event's registration in `events`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.common.envelope import Envelope
+from libs.common.events import subject_prefix
+from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported
+from libs.common.events.intake import JobAccepted, JobRejected
+from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
+from libs.common.events.metering import MeterClosed
+from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
+from libs.common.events.sdk import JobSubmitted
+from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased
+
+
+def subject_for(env: Envelope[Any]) -> str:
+    """The subject an event is published on: its type's prefix plus the party it concerns."""
+    return f"{subject_prefix(type(env.payload))}.{env.party}"
+
+
+def any_party(cls: type) -> str:
+    return f"{subject_prefix(cls)}.*"
+
+
+def tenant_party(tenant: str) -> str:
+    return f"t-{tenant}"
+
+
+def vendor_party(vendor: str) -> str:
+    return f"v-{vendor}"
+
+
+JOB_SUBMITTED_ANY = any_party(JobSubmitted)
+OFFER_PUBLISHED_ANY = any_party(OfferPublished)
+WORKLOAD_REPORTED_ANY = any_party(WorkloadReported)
+USAGE_SAMPLED_ANY = any_party(UsageSampled)
+JOB_ACCEPTED_ANY = any_party(JobAccepted)
+JOB_REJECTED_ANY = any_party(JobRejected)
+JOB_MATCHED_ANY = any_party(JobMatched)
+JOB_UNMATCHABLE_ANY = any_party(JobUnmatchable)
+JOB_EXPIRED_ANY = any_party(JobExpired)
+WORKLOAD_ASSIGNED_ANY = any_party(WorkloadAssigned)
+WORKLOAD_STARTED_ANY = any_party(WorkloadStarted)
+WORKLOAD_FINISHED_ANY = any_party(WorkloadFinished)
+WORKLOAD_FAILED_ANY = any_party(WorkloadFailed)
+METER_CLOSED_ANY = any_party(MeterClosed)
+FUNDS_HELD_ANY = any_party(FundsHeld)
+CHARGE_POSTED_ANY = any_party(ChargePosted)
+HOLD_RELEASED_ANY = any_party(HoldReleased)
+
+
+def workload_assigned_to(vendor: str) -> str:
+    return f"{subject_prefix(WorkloadAssigned)}.{vendor_party(vendor)}"
+
+
+def dead_letter(consumer: str, subject: str) -> str:
+    return f"dlq.{consumer}.{subject}"
+
+
+def query(service: str, name: str) -> str:
+    """Request-reply read endpoints a service answers (smctl reads through these, never the database)."""
+    return f"query.{service}.{name}"

@@ -1,0 +1,82 @@
+"""Intake use cases: each takes the transaction and a batch of fresh events, returns outgoing events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from libs.common.envelope import Envelope, derive
+from libs.common.events.intake import JobAccepted, JobRejected
+from libs.common.events.matching import JobExpired, JobMatched
+from libs.common.events.placement import WorkloadFailed, WorkloadFinished
+from libs.common.events.sdk import JobSubmitted
+from libs.common.events.settlement import ChargePosted
+from libs.common.ids import job_id
+from libs.common.manifest import ManifestError, manifest_identity, validate_manifest
+from services.intake import domain, store
+
+SOURCE = "intake"
+
+
+async def submit_jobs(tx: asyncpg.Connection, events: list[Envelope[JobSubmitted]]) -> list[Envelope[Any]]:
+    """Validate each submitted manifest against its submission time; accept new jobs, refuse bad ones.
+
+    Resubmitting a manifest whose tenant and name already name a job creates nothing new (it is the
+    same job, as `kubectl apply` of an unchanged object is).
+    """
+    out: list[Envelope[Any]] = []
+    timeline: list[tuple[Any, ...]] = []
+    for ev in events:
+        tenant, name = manifest_identity(ev.payload.manifest)
+        try:
+            req = validate_manifest(ev.payload.manifest, submitted_at=ev.time)
+        except ManifestError as e:
+            rejected = derive(ev, JobRejected(tenant=tenant, name=name, errors=e.errors), source=SOURCE)
+            out.append(rejected)
+            if tenant and name:
+                timeline.append((job_id(tenant, name), tenant, name, rejected.id, ev.time, "JobRejected",
+                                 SOURCE, domain.describe(rejected)))
+            continue
+        jid = job_id(req.tenant, req.name)
+        accepted = derive(ev, JobAccepted(job_id=jid, request=req), source=SOURCE, party=req.party,
+                          correlation_id=jid)
+        if await store.insert_job(tx, job_id=jid, tenant=req.tenant, name=req.name, manifest=ev.payload.manifest,
+                                  request_json=req.model_dump_json(), at=ev.time):
+            out.append(accepted)
+            timeline.append((jid, req.tenant, req.name, accepted.id, ev.time, "JobAccepted", SOURCE,
+                             domain.describe(accepted)))
+        else:
+            status = await store.job_status(tx, req.tenant, req.name)
+            timeline.append((jid, req.tenant, req.name, ev.id, ev.time, "JobResubmitted", SOURCE,
+                             f"resubmitted: job already exists (status {status}); nothing changed"))
+    await store.add_timeline(tx, timeline)
+    return out
+
+
+async def record_facts(tx: asyncpg.Connection, events: list[Envelope[Any]]) -> list[Envelope[Any]]:
+    """Fold later facts about jobs (from any service) into the lifecycle view and timeline."""
+    names = await store.job_names(tx, [e.correlation_id for e in events])
+    timeline: list[tuple[Any, ...]] = []
+    for ev in events:
+        if ev.correlation_id not in names:
+            continue  # not a job intake knows (e.g. an offer's fact)
+        tenant, name = names[ev.correlation_id]
+        status = domain.status_of(ev)
+        if status is not None:
+            p = ev.payload
+            fields: dict[str, Any] = {}
+            if isinstance(p, JobMatched):
+                fields = {"vendor": p.vendor, "node": p.node}
+            elif isinstance(p, (WorkloadFinished, WorkloadFailed)):
+                fields = {"outcome": "finished" if isinstance(p, WorkloadFinished) else "failed"}
+            elif isinstance(p, ChargePosted):
+                fields = {"total_micro_eur": p.total_micro_eur}
+            elif isinstance(p, (JobExpired,)):
+                fields = {"outcome": "expired"}
+            await store.advance(tx, ev.correlation_id, status, domain.RANK[status], ev.time, fields)
+        timeline.append((ev.correlation_id, tenant, name, ev.id, ev.time, ev.type, ev.source, domain.describe(ev)))
+    await store.add_timeline(tx, timeline)
+    return []
+
+

@@ -1,0 +1,7 @@
+"""matching: the order book.
+
+Owns: open offers with their free capacity, pending jobs and reservations (a local projection fed by
+vendor offers and placement facts; no other service's schema is read).
+Consumes: OfferPublished (agents), JobAccepted (intake), WorkloadFinished/Failed (placement, to free
+capacity). Emits: JobMatched, JobUnmatchable (why, per constraint), JobExpired.
+"""

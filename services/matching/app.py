@@ -1,0 +1,39 @@
+"""Wires matching's use cases to its durable consumers and query endpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from libs.common import streams
+from libs.common.bus import Service, Subscription
+from services.matching import service, store
+from services.matching.settings import MatchingSettings
+
+
+async def q_offers(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
+    async with pool.acquire() as con:
+        return await store.list_offers(con, req.get("vendor"), req.get("region"))
+
+
+async def q_vendors(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
+    async with pool.acquire() as con:
+        return await store.list_vendors(con)
+
+
+def create_service(settings: MatchingSettings) -> Service:
+    return Service(
+        name="matching",
+        schema=settings.matching_schema,
+        migrations=Path(__file__).parent / "migrations",
+        subscriptions=[
+            Subscription(streams.MATCHING_OFFER_PUBLISHED, service.publish_offers),
+            Subscription(streams.MATCHING_JOB_ACCEPTED, service.accept_jobs),
+            Subscription(streams.MATCHING_WORKLOAD_FINISHED, service.release_capacity),
+            Subscription(streams.MATCHING_WORKLOAD_FAILED, service.release_capacity),
+        ],
+        queries={"offers": q_offers, "vendors": q_vendors},
+        serialize=True,  # one writer decides the book: no capacity is booked twice
+    )

@@ -1,0 +1,31 @@
+"""Wires placement's use cases to its durable consumers and query endpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from libs.common import streams
+from libs.common.bus import Service, Subscription
+from services.placement import service, store
+from services.placement.settings import PlacementSettings
+
+
+async def q_workloads(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
+    async with pool.acquire() as con:
+        return await store.list_workloads(con)
+
+
+def create_service(settings: PlacementSettings) -> Service:
+    return Service(
+        name="placement",
+        schema=settings.placement_schema,
+        migrations=Path(__file__).parent / "migrations",
+        subscriptions=[
+            Subscription(streams.PLACEMENT_JOB_MATCHED, service.place_jobs),
+            Subscription(streams.PLACEMENT_WORKLOAD_REPORTED, service.follow_reports),
+        ],
+        queries={"workloads": q_workloads},
+    )

@@ -1,0 +1,69 @@
+"""Placement use cases: assign matched jobs to their vendors; follow the vendors' reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from libs.common.bus import PermanentError
+from libs.common.envelope import Envelope, derive
+from libs.common.events.agent import WorkloadReported
+from libs.common.events.matching import JobMatched
+from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
+from libs.common.ids import derived_id
+from libs.common.subjects import vendor_party
+from services.placement import domain, store
+
+SOURCE = "placement"
+
+
+async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[JobMatched]]) -> list[Envelope[Any]]:
+    """Record a workload per matched job and send the assignment to the vendor's subject."""
+    out: list[Envelope[Any]] = []
+    for ev in events:
+        p = ev.payload
+        workload_id = derived_id(ev.id, "workload")
+        created = await store.insert_workload(tx, {
+            "workload_id": workload_id, "job_id": p.job_id, "tenant": p.request.tenant, "name": p.request.name,
+            "vendor": p.vendor, "node": p.node, "vcpu": p.request.resources.vcpu,
+            "memory_gib": p.request.resources.memory_gib, "assigned_at": ev.time})
+        if not created:
+            continue  # this job already has a workload
+        out.append(derive(ev, WorkloadAssigned(
+            workload_id=workload_id, job_id=p.job_id, vendor=p.vendor, node=p.node, request=p.request,
+            start_at=p.start_at, deadline=p.request.not_after), source=SOURCE, party=vendor_party(p.vendor)))
+    return out
+
+
+async def follow_reports(tx: asyncpg.Connection, events: list[Envelope[WorkloadReported]]) -> list[Envelope[Any]]:
+    """Apply vendors' status reports through the state machine; emit the lifecycle facts."""
+    workloads = await store.lock_workloads(tx, [ev.payload.workload_id for ev in events])
+    status = {wid: w["status"] for wid, w in workloads.items()}
+    out: list[Envelope[Any]] = []
+    for ev in events:
+        p = ev.payload
+        w = workloads.get(p.workload_id)
+        if w is None:
+            raise PermanentError(f"unknown workload {p.workload_id}")
+        if w["vendor"] != p.vendor or ev.party != vendor_party(w["vendor"]):
+            raise PermanentError(f"workload {p.workload_id} is not assigned to vendor {p.vendor}")
+        new = domain.transition(status[p.workload_id], p.status)
+        if new is None:
+            continue
+        status[p.workload_id] = new
+        reason = p.message or (f"exit code {p.exit_code}" if new == "failed" else None)
+        await store.set_status(tx, p.workload_id, new, p.at, p.exit_code, reason if new == "failed" else None)
+        common = dict(workload_id=w["workload_id"], job_id=w["job_id"], tenant=w["tenant"], name=w["name"],
+                      vendor=w["vendor"], node=w["node"], at=p.at)
+        party, corr = f"t-{w['tenant']}", w["job_id"]
+        fact: Any
+        if new == "running":
+            fact = WorkloadStarted(**common, vcpu=w["vcpu"], memory_gib=w["memory_gib"])
+        elif new == "succeeded":
+            fact = WorkloadFinished(**common, exit_code=p.exit_code or 0, last_usage_seq=p.last_usage_seq)
+        else:
+            fact = WorkloadFailed(**common, reason=reason or "failed", exit_code=p.exit_code,
+                                  last_usage_seq=p.last_usage_seq)
+        out.append(derive(ev, fact, source=SOURCE, party=party, correlation_id=corr, time=p.at))
+    return out

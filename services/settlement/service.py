@@ -1,0 +1,87 @@
+"""Settlement use cases: hold at match time, charge and pay out when the meter closes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from libs.common.envelope import Envelope, derive
+from libs.common.events.matching import JobMatched
+from libs.common.events.metering import MeterClosed
+from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased
+from libs.common.ids import derived_id
+from services.settlement import domain, store
+
+SOURCE = "settlement"
+FEES = "exchange:fees"
+
+
+class HoldMissing(Exception):
+    """A meter closed before this service saw the job's match: transient, retried after a delay."""
+
+
+def tenant_account(tenant: str) -> str:
+    return f"tenant:{tenant}"
+
+
+def escrow_account(tenant: str) -> str:
+    return f"escrow:{tenant}"
+
+
+def vendor_account(vendor: str) -> str:
+    return f"vendor:{vendor}"
+
+
+async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]]) -> list[Envelope[Any]]:
+    """Move cap x DTU rate x expected hours from the tenant's account into escrow for each matched job."""
+    out: list[Envelope[Any]] = []
+    transfers = []
+    for ev in events:
+        p, r = ev.payload, ev.payload.request
+        amount = domain.hold_amount(r.max_micro_eur_per_dtu_hour, p.dtu_rate, r.expected_duration_s)
+        if not await store.insert_hold(tx, p.job_id, r.tenant, r.name, p.vendor, amount,
+                                       p.price_micro_eur_per_dtu_hour, ev.time):
+            continue
+        transfers.append((derived_id(ev.id, "transfer/hold"), tenant_account(r.tenant), escrow_account(r.tenant),
+                          amount, "hold", p.job_id, ev.id, ev.time))
+        out.append(derive(ev, FundsHeld(job_id=p.job_id, tenant=r.tenant, amount_micro_eur=amount), source=SOURCE))
+    await store.post(tx, transfers)
+    return out
+
+
+async def settle_meters(tx: asyncpg.Connection, events: list[Envelope[MeterClosed]],
+                        *, fee_bps: int) -> list[Envelope[Any]]:
+    """Charge the consumer for measured use: escrow pays the vendor and the fee, the rest returns."""
+    holds = await store.lock_holds(tx, [ev.payload.job_id for ev in events])
+    out: list[Envelope[Any]] = []
+    transfers = []
+    for ev in events:
+        p = ev.payload
+        h = holds.get(p.job_id)
+        if h is None:
+            raise HoldMissing(f"no hold yet for job {p.job_id}")
+        if h["status"] != "pending":
+            continue
+        c = domain.charge(h["amount"], h["price_micro_eur_per_dtu_hour"], p.dtu_micro_hours, fee_bps)
+        escrow = escrow_account(h["tenant"])
+        transfers += [
+            (derived_id(ev.id, "transfer/charge"), escrow, vendor_account(h["vendor"]), c.vendor, "charge",
+             p.job_id, ev.id, ev.time),
+            (derived_id(ev.id, "transfer/fee"), escrow, FEES, c.fee, "fee", p.job_id, ev.id, ev.time),
+            (derived_id(ev.id, "transfer/release"), escrow, tenant_account(h["tenant"]), c.release, "release",
+             p.job_id, ev.id, ev.time),
+        ]
+        await store.settle_hold(tx, p.job_id)
+        await store.insert_invoice_line(tx, {
+            "job_id": p.job_id, "tenant": h["tenant"], "name": h["name"], "vendor": h["vendor"],
+            "dtu_micro_hours": p.dtu_micro_hours, "price": h["price_micro_eur_per_dtu_hour"],
+            "vendor_micro_eur": c.vendor, "fee_micro_eur": c.fee, "total_micro_eur": c.total, "at": ev.time})
+        out.append(derive(ev, ChargePosted(
+            job_id=p.job_id, tenant=h["tenant"], name=h["name"], vendor=h["vendor"],
+            dtu_micro_hours=p.dtu_micro_hours, price_micro_eur_per_dtu_hour=h["price_micro_eur_per_dtu_hour"],
+            vendor_micro_eur=c.vendor, fee_micro_eur=c.fee, total_micro_eur=c.total), source=SOURCE))
+        out.append(derive(ev, HoldReleased(job_id=p.job_id, tenant=h["tenant"], amount_micro_eur=c.release),
+                          source=SOURCE))
+    await store.post(tx, transfers)
+    return out

@@ -1,0 +1,97 @@
+"""SQL for the settlement schema only: the ledger, holds, invoices and the ledger's invariant checks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+
+async def post(tx: asyncpg.Connection, transfers: list[tuple[UUID, str, str, int, str, UUID, UUID, datetime]]) -> None:
+    """Post transfers (id, debit, credit, amount, kind, job_id, event_id, at); zero amounts are skipped.
+
+    A transfer id already posted is not posted again, and balances move only for those inserted.
+    """
+    transfers = [t for t in transfers if t[3] > 0]
+    if not transfers:
+        return
+    accounts = sorted({a for t in transfers for a in (t[1], t[2])})
+    await tx.executemany("INSERT INTO accounts (name, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                         [(a, a.split(":", 1)[0]) for a in accounts])
+    rows = await tx.fetch(
+        "INSERT INTO transfers (transfer_id, debit, credit, amount, kind, job_id, event_id, at) "
+        "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::uuid[], "
+        "$7::uuid[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING debit, credit, amount",
+        *[list(col) for col in zip(*transfers)])
+    delta: dict[str, int] = {}
+    for r in rows:
+        delta[r["debit"]] = delta.get(r["debit"], 0) - r["amount"]
+        delta[r["credit"]] = delta.get(r["credit"], 0) + r["amount"]
+    # accounts updated in name order: concurrent batches never deadlock on each other
+    await tx.executemany("UPDATE accounts SET balance = balance + $2 WHERE name = $1", sorted(delta.items()))
+
+
+async def insert_hold(tx: asyncpg.Connection, job_id: UUID, tenant: str, name: str, vendor: str, amount: int,
+                      price: int, at: datetime) -> bool:
+    r = await tx.fetchrow(
+        "INSERT INTO holds (job_id, tenant, name, vendor, amount, price_micro_eur_per_dtu_hour, status, held_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT DO NOTHING RETURNING job_id",
+        job_id, tenant, name, vendor, amount, price, at)
+    return r is not None
+
+
+async def lock_holds(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+    rows = await tx.fetch("SELECT * FROM holds WHERE job_id = ANY($1::uuid[]) ORDER BY job_id FOR UPDATE", job_ids)
+    return {r["job_id"]: r for r in rows}
+
+
+async def settle_hold(tx: asyncpg.Connection, job_id: UUID) -> None:
+    await tx.execute("UPDATE holds SET status = 'settled' WHERE job_id = $1", job_id)
+
+
+async def insert_invoice_line(tx: asyncpg.Connection, line: dict[str, Any]) -> None:
+    await tx.execute(
+        "INSERT INTO invoice_lines (job_id, tenant, name, vendor, dtu_micro_hours, price_micro_eur_per_dtu_hour, "
+        "vendor_micro_eur, fee_micro_eur, total_micro_eur, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
+        "ON CONFLICT DO NOTHING", *line.values())
+
+
+async def invoice(con: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:
+    rows = await con.fetch("SELECT * FROM invoice_lines WHERE tenant = $1 ORDER BY at, name", tenant)
+    return [dict(r) for r in rows]
+
+
+# each invariant is a query that returns no rows when it holds
+INVARIANTS: dict[str, str] = {
+    "accounts sum to zero":
+        "SELECT sum(balance) AS total FROM accounts HAVING sum(balance) <> 0",
+    "stored balances equal balances recomputed from the transfers":
+        "SELECT a.name, a.balance, COALESCE(c.sum, 0) - COALESCE(d.sum, 0) AS recomputed FROM accounts a "
+        "LEFT JOIN (SELECT credit AS name, sum(amount) FROM transfers GROUP BY credit) c USING (name) "
+        "LEFT JOIN (SELECT debit AS name, sum(amount) FROM transfers GROUP BY debit) d USING (name) "
+        "WHERE a.balance <> COALESCE(c.sum, 0) - COALESCE(d.sum, 0)",
+    "escrow holds exactly the pending holds":
+        "SELECT a.name, a.balance, COALESCE(h.sum, 0) AS pending FROM accounts a LEFT JOIN "
+        "(SELECT 'escrow:' || tenant AS name, sum(amount) FROM holds WHERE status = 'pending' GROUP BY tenant) h "
+        "USING (name) WHERE a.kind = 'escrow' AND a.balance <> COALESCE(h.sum, 0)",
+    "a settled hold is fully spent: charge + fee + release = hold":
+        "SELECT h.job_id, h.amount, COALESCE(t.sum, 0) AS out FROM holds h LEFT JOIN "
+        "(SELECT job_id, sum(amount) FROM transfers WHERE kind IN ('charge', 'fee', 'release') GROUP BY job_id) t "
+        "USING (job_id) WHERE h.status = 'settled' AND h.amount <> COALESCE(t.sum, 0)",
+    "no charge exceeds its hold":
+        "SELECT l.job_id, l.total_micro_eur, h.amount FROM invoice_lines l JOIN holds h USING (job_id) "
+        "WHERE l.total_micro_eur > h.amount",
+    "vendor and exchange accounts are never negative":
+        "SELECT name, balance FROM accounts WHERE kind IN ('vendor', 'exchange') AND balance < 0",
+}
+
+
+async def check(con: asyncpg.Connection) -> list[dict[str, Any]]:
+    results = []
+    for name, sql in INVARIANTS.items():
+        rows = await con.fetch(sql + " LIMIT 5")
+        results.append({"name": name, "ok": not rows,
+                        "detail": "" if not rows else "; ".join(str(dict(r)) for r in rows)})
+    return results

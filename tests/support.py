@@ -1,0 +1,88 @@
+"""Helpers shared by the integration and e2e tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from libs.common.bus import Runtime
+from libs.common.envelope import Envelope
+from libs.common.streams import STREAMS
+from libs.common.subjects import query, subject_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy; never sleep for an effect blindly."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+@dataclass
+class Exchange:
+    """The five services in this event loop, plus helpers to talk to them as a client would."""
+
+    nc: NATS
+    js: JetStreamContext
+    database_url: str
+    schemas: dict[str, str]
+    runtimes: dict[str, Runtime] = field(default_factory=dict)
+
+    async def publish(self, env: Envelope[Any], msg_id: str | None = None) -> None:
+        await self.js.publish(subject_for(env), env.to_bytes(), headers={"Nats-Msg-Id": msg_id or str(env.id)})
+
+    async def query(self, service: str, what: str, /, **req: Any) -> Any:
+        reply = await self.nc.request(query(service, what), json.dumps(req).encode(), timeout=5)
+        body = json.loads(reply.data)
+        assert body["ok"], body
+        return body["result"]
+
+    async def job(self, tenant: str, name: str) -> dict[str, Any] | None:
+        return await self.query("intake", "job", tenant=tenant, name=name)
+
+    async def wait_status(self, tenant: str, name: str, *statuses: str, timeout: float = 20.0) -> dict[str, Any]:
+        async def check() -> Any:
+            j = await self.job(tenant, name)
+            return j if j and j["status"] in statuses else None
+        return await eventually(check, timeout, f"job {tenant}/{name} in {statuses}")
+
+    async def quiet(self, timeout: float = 20.0) -> None:
+        """Wait until every durable consumer has handled everything and every outbox is published."""
+        busy: list[str] = []
+
+        async def check() -> bool:
+            busy.clear()
+            for name in STREAMS:
+                for c in await self.js.consumers_info(name):
+                    if c.name.split("-")[0] in self.schemas and (c.num_pending or c.num_ack_pending):
+                        busy.append(f"{c.name}: {c.num_pending} pending, {c.num_ack_pending} unacked")
+            if busy:
+                return False
+            con = await asyncpg.connect(self.database_url)
+            try:
+                for schema in self.schemas.values():
+                    if await con.fetchval(f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"):
+                        busy.append(f"{schema}.outbox")
+                        return False
+            finally:
+                await con.close()
+            return True
+        try:
+            await eventually(check, timeout, "quiescence")
+        except AssertionError:
+            raise AssertionError(f"not quiet: {busy}") from None
