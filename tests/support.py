@@ -61,6 +61,12 @@ class Exchange:
             return j if j and j["status"] in statuses else None
         return await eventually(check, timeout, f"job {tenant}/{name} in {statuses}")
 
+    async def wait_offers(self, n: int) -> None:
+        """Offers and jobs travel on different streams: wait until matching's book holds `n` offers."""
+        async def check() -> bool:
+            return len(await self.query("matching", "offers")) >= n
+        await eventually(check, what=f"{n} offers in the book")
+
     async def quiet(self, timeout: float = 20.0) -> None:
         """Wait until every durable consumer has handled everything and every outbox is published."""
         busy: list[str] = []

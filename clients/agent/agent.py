@@ -65,8 +65,9 @@ class Agent:
     async def publish_offers(self) -> None:
         assert self.js is not None
         now = datetime.now(timezone.utc)
-        futures = [await self.js.publish_async(subjects.subject_for(e), e.to_bytes(), headers={"Nats-Msg-Id": str(e.id)})
-                   for e in (offer_event(o, now, self.settings.window_days) for o in self.offers)]
+        events = [offer_event(o, now, self.settings.window_days) for o in self.offers]
+        futures = [await self.js.publish_async(subjects.subject_for(e), e.to_bytes(),
+                                               headers={"Nats-Msg-Id": str(e.id)}) for e in events]
         await asyncio.gather(*futures)
         log.info("published %d offers for %d vendors", len(futures), len(self.vendors))
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 
+from libs.common.manifest import dtu_rate
+
 # EUR per USD used to convert the catalogs' USD list prices. The caller reads an override from the
 # environment variable AGENT_USD_TO_EUR (e.g. Decimal(os.environ["AGENT_USD_TO_EUR"])) and passes it
 # in; this module never reads it, so loading stays a pure function of its arguments.
@@ -28,8 +30,6 @@ USD_TO_EUR_DEFAULT = Decimal("0.92")
 
 DATA_DIR_ENV = "STRONGMOOSE_DATA"
 MICRO_EUR_PER_EUR = Decimal(1_000_000)
-# one DTU-hour is one vCPU with up to this much memory for one hour
-GIB_PER_DTU = Decimal(4)
 
 
 def default_data_dir() -> Path:
@@ -39,11 +39,6 @@ def default_data_dir() -> Path:
         return Path(env)
     repo_root = Path(__file__).resolve().parents[2]  # clients/agent/catalog.py -> repo root
     return repo_root.parent / "shared" / "data"
-
-
-def dtu_rate(vcpu: Decimal, memory_gib: Decimal) -> Decimal:
-    """DTUs a machine provides per hour: ``max(vcpu, memory_GiB / 4)``."""
-    return max(Decimal(vcpu), Decimal(memory_gib) / GIB_PER_DTU)
 
 
 def to_micro_eur(eur: Decimal) -> int:

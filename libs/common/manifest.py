@@ -34,6 +34,11 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+def dtu_rate(vcpu: Decimal, memory_gib: Decimal) -> Decimal:
+    """DTUs of a workload or machine: max(vCPU, memory GiB / 4) — one DTU is one vCPU with up to 4 GiB."""
+    return max(Decimal(vcpu), Decimal(memory_gib) / 4)
+
+
 class FieldError(BaseModel):
     """One reason a manifest was refused: which field, and why."""
 
@@ -62,8 +67,8 @@ class Resources(BaseModel):
 
     @property
     def dtu_rate(self) -> Decimal:
-        """DTUs this job occupies: max(vCPU, memory GiB / 4)."""
-        return max(self.vcpu, self.memory_gib / 4)
+        """DTUs this job occupies."""
+        return dtu_rate(self.vcpu, self.memory_gib)
 
 
 class Restrictions(BaseModel):

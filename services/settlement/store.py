@@ -24,7 +24,7 @@ async def post(tx: asyncpg.Connection, transfers: list[tuple[UUID, str, str, int
         "INSERT INTO transfers (transfer_id, debit, credit, amount, kind, job_id, event_id, at) "
         "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::uuid[], "
         "$7::uuid[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING debit, credit, amount",
-        *[list(col) for col in zip(*transfers)])
+        *[list(col) for col in zip(*transfers, strict=True)])
     delta: dict[str, int] = {}
     for r in rows:
         delta[r["debit"]] = delta.get(r["debit"], 0) - r["amount"]

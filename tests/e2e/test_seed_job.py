@@ -152,6 +152,7 @@ async def test_an_unmatchable_job_says_which_constraint_failed(exchange: Exchang
     await offer(exchange, "safespring", "std-4c-16g", 38_000)
     await offer(exchange, "elastx", "std-4c-16g", 45_000)
     await offer(exchange, "nebius", "cpu-8", 20_000, region="eu-west1", country="France")
+    await exchange.wait_offers(3)
     await submit(exchange, seed_manifest(maxEuroPerDTU="0.01"))
     job = await exchange.wait_status("xyz", "my-first-sparkjob", "waiting")
     detail = next(t["detail"] for t in job["timeline"] if t["type"] == "JobUnmatchable")
@@ -161,6 +162,7 @@ async def test_an_unmatchable_job_says_which_constraint_failed(exchange: Exchang
 
 async def test_a_waiting_job_is_matched_when_a_fitting_offer_arrives(exchange: Exchange) -> None:
     await offer(exchange, "safespring", "std-2c-8g", 38_000, vcpu=2, memory_gib=8)
+    await exchange.wait_offers(1)
     await submit(exchange, seed_manifest(resources={"cpu": 4, "memory": "16Gi"}))
     job = await exchange.wait_status("xyz", "my-first-sparkjob", "waiting")
     assert "resources excluded 1" in next(t["detail"] for t in job["timeline"] if t["type"] == "JobUnmatchable")

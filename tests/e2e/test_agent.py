@@ -1,0 +1,79 @@
+"""The real vendor agent: offers from the catalogs, a real local process, measured usage, settled."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from clients.agent.agent import Agent
+from clients.agent.settings import AgentSettings
+from libs.common.envelope import new_envelope
+from libs.common.events.sdk import JobSubmitted
+from libs.common.ids import job_id
+from libs.common.localinfra import Infra
+from tests.support import Exchange
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+async def test_the_agent_runs_a_job_as_a_process_and_its_measured_usage_is_charged(
+        exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
+    agent = Agent(AgentSettings(nats_url=infra.nats_url, vendors="elastx,safespring", state_dir=tmp_path,
+                                heartbeat_s=3600, sample_interval_s=0.1))
+    await agent.start()
+    serving = asyncio.create_task(agent.serve())
+    try:
+        doc = {
+            "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
+            "metadata": {"name": "squares", "namespace": "xyz"},
+            "spec": {"notAfter": (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(),
+                     "maxEuroPerDTU": 1, "expectedDuration": "10m",
+                     "command": ["python3", "-c",
+                                 "import os; print(sum(i * i for i in range(4_000_000)), os.environ['N'])"],
+                     "env": {"N": "42"}, "restrictions": {"region": "Sweden"}},
+        }
+        await exchange.publish(new_envelope(JobSubmitted(manifest=doc), source="sdk", party="t-xyz",
+                                            correlation_id=job_id("xyz", "squares")))
+        job = await exchange.wait_status("xyz", "squares", "settled", timeout=60)
+        assert job["outcome"] == "finished" and job["vendor"] == "safespring"
+        [meter] = await exchange.query("metering", "meters")
+        assert meter["cpu_us"] > 50_000  # the process really computed
+        assert meter["samples"] >= 1
+        [workload] = await exchange.query("placement", "workloads")
+        out = (tmp_path / "workloads" / workload["workload_id"] / "stdout.log").read_text()
+        assert out.split() == [str(sum(i * i for i in range(4_000_000))), "42"]
+        assert job["total_micro_eur"] > 0
+        assert (await exchange.query("settlement", "ledger_check"))["ok"]
+    finally:
+        serving.cancel()
+        assert agent.nc is not None
+        await agent.nc.close()
+
+
+async def test_a_job_whose_process_fails_is_reported_failed_and_still_settles(
+        exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
+    agent = Agent(AgentSettings(nats_url=infra.nats_url, vendors="safespring", state_dir=tmp_path,
+                                heartbeat_s=3600, sample_interval_s=0.1))
+    await agent.start()
+    serving = asyncio.create_task(agent.serve())
+    try:
+        doc = {
+            "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
+            "metadata": {"name": "broken", "namespace": "xyz"},
+            "spec": {"notAfter": (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(),
+                     "maxEuroPerDTU": 1, "command": ["python3", "-c", "raise SystemExit('no input')"]},
+        }
+        await exchange.publish(new_envelope(JobSubmitted(manifest=doc), source="sdk", party="t-xyz",
+                                            correlation_id=job_id("xyz", "broken")))
+        job = await exchange.wait_status("xyz", "broken", "settled", timeout=60)
+        assert job["outcome"] == "failed"
+        failed = next(t for t in job["timeline"] if t["type"] == "WorkloadFailed")
+        assert "exit code 1" in failed["detail"] and "no input" in failed["detail"]
+        assert (await exchange.query("settlement", "ledger_check"))["ok"]
+    finally:
+        serving.cancel()
+        assert agent.nc is not None
+        await agent.nc.close()
