@@ -24,6 +24,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from pydantic_core import to_jsonable_python
 
 from libs.common import inbox, outbox, subjects, telemetry
 from libs.common.db import create_pool
@@ -238,7 +239,7 @@ class Runtime:
             except Exception as e:
                 log.exception("query %s failed", msg.subject)
                 body = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            await msg.respond(json.dumps(body, default=str).encode())
+            await msg.respond(json.dumps(to_jsonable_python(body)).encode())
 
         return cb
 

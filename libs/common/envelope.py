@@ -104,7 +104,10 @@ def parse_envelope(data: bytes | str | dict[str, Any]) -> Envelope[Any]:
         raise InvalidEvent(f"not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise InvalidEvent("envelope must be a JSON object")
-    cls = payload_class(str(raw.get("type")), int(raw.get("version") or 1))
+    version = raw.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidEvent(f"version must be an integer, not {version!r}")
+    cls = payload_class(str(raw.get("type")), version)
     if cls is None:
         raise InvalidEvent(f"unknown event type {raw.get('type')!r} version {raw.get('version')!r}")
     try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -97,11 +97,15 @@ class JobRequest(BaseModel):
         return f"t-{self.tenant}"
 
 
+MAX_VCPU = Decimal(1024)
+MAX_MEMORY_GIB = Decimal(64 * 1024)
+
+
 def parse_quantity_cpu(v: Any) -> Decimal:
     s = str(v).strip()
     d = Decimal(s[:-1]) / 1000 if s.endswith("m") else Decimal(s)
-    if not d.is_finite() or d <= 0:
-        raise ValueError("must be a positive number of vCPUs such as 2 or 500m")
+    if not d.is_finite() or d <= 0 or d > MAX_VCPU:
+        raise ValueError(f"must be a positive number of vCPUs such as 2 or 500m, at most {MAX_VCPU}")
     return d
 
 
@@ -110,14 +114,17 @@ _MEM_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M
 
 def parse_quantity_memory_gib(v: Any) -> Decimal:
     s = str(v).strip()
-    for unit, factor in _MEM_UNITS.items():
+    number, factor = s, 1
+    for unit, f in _MEM_UNITS.items():
         if s.endswith(unit):
-            d = Decimal(s[: -len(unit)]) * factor / 2**30
+            number, factor = s[: -len(unit)], f
             break
-    else:
-        d = Decimal(s) / 2**30  # plain bytes, as Kubernetes reads them
-    if not d.is_finite() or d <= 0:
+    n = Decimal(number)  # plain bytes when there is no unit, as Kubernetes reads them
+    if not n.is_finite() or n <= 0 or n > MAX_MEMORY_GIB * 2**30:  # bounded before multiplying
         raise ValueError("must be a positive quantity such as 4Gi or 512Mi")
+    d = n * factor / 2**30
+    if d > MAX_MEMORY_GIB:
+        raise ValueError(f"must be at most {MAX_MEMORY_GIB}Gi")
     return d
 
 
@@ -149,12 +156,11 @@ def euro_to_micro(v: Any) -> int:
         raise ValueError("must be a finite number of euros")
     if d <= 0:
         raise ValueError("must be greater than 0")
-    micro = d * MICRO
-    if micro != micro.to_integral_value():
-        raise ValueError("has more than 6 decimals (a micro-euro is the smallest unit)")
-    if d > 1_000_000:
+    if d > 1_000_000:  # checked before any arithmetic: an absurd exponent must not overflow
         raise ValueError("is larger than 1,000,000 EUR per DTU-hour")
-    return int(micro)
+    if d.as_tuple().exponent < -6 and d != d.quantize(Decimal("0.000001"), rounding=ROUND_DOWN):  # type: ignore[operator]
+        raise ValueError("has more than 6 decimals (a micro-euro is the smallest unit)")
+    return int(d.scaleb(6))
 
 
 class _Raw(BaseModel):
@@ -190,7 +196,7 @@ class _Raw(BaseModel):
             def _cpu(cls, v: Any) -> Decimal:
                 try:
                     return parse_quantity_cpu(v)
-                except (InvalidOperation, ValueError):
+                except ArithmeticError:  # InvalidOperation, Overflow
                     raise ValueError("must be a positive number of vCPUs such as 2 or 500m") from None
 
             @field_validator("memory")
@@ -198,7 +204,7 @@ class _Raw(BaseModel):
             def _mem(cls, v: Any) -> Decimal:
                 try:
                     return parse_quantity_memory_gib(v)
-                except (InvalidOperation, ValueError):
+                except ArithmeticError:  # InvalidOperation, Overflow
                     raise ValueError("must be a positive quantity such as 4Gi or 512Mi") from None
 
         class Restr(BaseModel):

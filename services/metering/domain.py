@@ -5,6 +5,11 @@ max(vCPUs used, memory GiB / 4). Between two samples the vCPUs used are the CPU 
 the wall time, and the memory is the peak resident size reported, so the interval contributes
 max(cpu seconds, peak GiB / 4 x wall seconds) / 3600 DTU-hours. Exact Decimal arithmetic; the
 integral is rounded (half up) to micro-DTU-hours once, when the meter closes.
+
+Samples are applied strictly in seq order (1, 2, 3, ...): a sample that arrives ahead of a missing
+one waits (the service keeps it) until the gap is filled, so disorder on the bus never changes the
+integral. A sample whose cumulative counters go backwards is not believed: it is consumed (its seq
+is passed) but adds nothing.
 """
 
 from __future__ import annotations
@@ -40,16 +45,36 @@ def interval_dtu_hours(d_cpu_us: int, d_wall_us: int, rss_bytes: int) -> Decimal
     return max(cpu, mem)
 
 
+FIRST_SEQ = 1
+
+
+def next_seq(m: Meter) -> int:
+    return FIRST_SEQ if m.last_seq is None else m.last_seq + 1
+
+
 def apply_sample(m: Meter, s: Sample) -> Meter | None:
-    """The meter after a sample, or None when the sample is a repeat or goes backwards."""
-    if m.last_seq is not None and s.seq <= m.last_seq:
+    """The meter after the next sample in seq order, or None when `s` is not the next one
+    (a repeat, or one that must wait for a missing earlier sample)."""
+    if s.seq != next_seq(m):
         return None
     if s.cpu_us < m.cpu_us or s.wall_us < m.wall_us:
-        return None  # a cumulative counter that goes backwards is not believed
+        return replace(m, last_seq=s.seq)  # a counter that goes backwards is not believed
     add = interval_dtu_hours(s.cpu_us - m.cpu_us, s.wall_us - m.wall_us, s.rss_peak_bytes)
     return replace(m, last_seq=s.seq, cpu_us=s.cpu_us, wall_us=s.wall_us,
                    rss_peak_bytes=max(m.rss_peak_bytes, s.rss_peak_bytes), dtu_hours=m.dtu_hours + add,
                    samples=m.samples + 1)
+
+
+def apply_in_order(m: Meter, samples: list[Sample]) -> Meter:
+    """Apply the samples that continue the meter's seq without a gap; the rest keep waiting."""
+    for s in sorted(samples, key=lambda x: x.seq):
+        nxt = apply_sample(m, s)
+        if nxt is None:
+            if s.seq > next_seq(m):
+                break
+            continue
+        m = nxt
+    return m
 
 
 def micro_dtu_hours(dtu_hours: Decimal) -> int:

@@ -18,28 +18,28 @@ SOURCE = "metering"
 
 
 async def record_usage(tx: asyncpg.Connection, events: list[Envelope[UsageSampled]]) -> list[Envelope[Any]]:
-    """Integrate samples in seq order per workload; repeats and backward counters change nothing."""
+    """Keep every sample, then integrate each meter's samples in seq order up to the first gap.
+
+    Repeats change nothing; a sample that overtook an earlier one waits in `usage_samples` until the
+    earlier one arrives, so the integral is the same in any delivery order.
+    """
     await store.ensure_meters(tx, sorted({(e.payload.workload_id, e.payload.job_id, e.payload.tenant,
                                            e.payload.vendor) for e in events}))
+    await store.insert_samples(tx, [(e.payload.workload_id, e.payload.seq, e.payload.at, e.payload.cpu_us,
+                                     e.payload.wall_us, e.payload.rss_peak_bytes) for e in events])
     rows = await store.lock_meters(tx, [e.payload.workload_id for e in events])
-    meters = {wid: store.meter_of(r) for wid, r in rows.items()}
-    last_event: dict[UUID, Envelope[Any]] = {}
-    samples = []
-    for ev in sorted(events, key=lambda e: (e.payload.workload_id, e.payload.seq)):
-        p = ev.payload
-        if rows[p.workload_id]["status"] == "closed":
+    advanced: dict[UUID, Envelope[Any]] = {}
+    for ev in events:
+        wid = ev.payload.workload_id
+        r = rows[wid]
+        if r["status"] == "closed" or wid in advanced:
             continue
-        s = domain.Sample(seq=p.seq, cpu_us=p.cpu_us, wall_us=p.wall_us, rss_peak_bytes=p.rss_peak_bytes)
-        updated = domain.apply_sample(meters[p.workload_id], s)
-        if updated is None:
-            continue
-        meters[p.workload_id] = updated
-        last_event[p.workload_id] = ev
-        samples.append((p.workload_id, p.seq, p.at, p.cpu_us, p.wall_us, p.rss_peak_bytes))
-    for wid in last_event:
-        await store.save_meter(tx, wid, meters[wid])
-    await store.insert_samples(tx, samples)
-    return await _close_complete(tx, list(last_event.values()))
+        before = store.meter_of(r)
+        after = domain.apply_in_order(before, await store.pending_samples(tx, wid, before.last_seq))
+        if after != before:
+            await store.save_meter(tx, wid, after)
+            advanced[wid] = ev
+    return await _close_complete(tx, list(advanced.values()))
 
 
 async def open_meters(tx: asyncpg.Connection, events: list[Envelope[WorkloadStarted]]) -> list[Envelope[Any]]:

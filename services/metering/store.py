@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.metering.domain import Meter
+from services.metering.domain import Meter, Sample
 
 
 async def ensure_meters(tx: asyncpg.Connection, rows: list[tuple[UUID, UUID, str, str]]) -> None:
@@ -32,6 +32,13 @@ async def save_meter(tx: asyncpg.Connection, workload_id: UUID, m: Meter) -> Non
     await tx.execute("UPDATE meters SET last_seq = $2, cpu_us = $3, wall_us = $4, rss_peak_bytes = $5, "
                      "dtu_hours = $6, samples = $7 WHERE workload_id = $1",
                      workload_id, m.last_seq, m.cpu_us, m.wall_us, m.rss_peak_bytes, m.dtu_hours, m.samples)
+
+
+async def pending_samples(tx: asyncpg.Connection, workload_id: UUID, after_seq: int | None) -> list[Sample]:
+    rows = await tx.fetch("SELECT seq, cpu_us, wall_us, rss_peak_bytes FROM usage_samples "
+                          "WHERE workload_id = $1 AND seq > $2 ORDER BY seq", workload_id, after_seq or 0)
+    return [Sample(seq=r["seq"], cpu_us=r["cpu_us"], wall_us=r["wall_us"], rss_peak_bytes=r["rss_peak_bytes"])
+            for r in rows]
 
 
 async def insert_samples(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:

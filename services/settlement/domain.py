@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, localcontext
 
 
 def _round(d: Decimal, rounding: str = ROUND_HALF_UP) -> int:
@@ -19,7 +19,10 @@ def _round(d: Decimal, rounding: str = ROUND_HALF_UP) -> int:
 
 
 def hold_amount(cap_micro_eur_per_dtu_hour: int, dtu_rate: Decimal, expected_duration_s: int) -> int:
-    return _round(Decimal(cap_micro_eur_per_dtu_hour) * dtu_rate * expected_duration_s / 3600, ROUND_CEILING)
+    # wide enough that no digit is lost before rounding up, whatever a valid manifest asks for
+    with localcontext() as ctx:
+        ctx.prec = 80
+        return _round(Decimal(cap_micro_eur_per_dtu_hour) * dtu_rate * expected_duration_s / 3600, ROUND_CEILING)
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,10 @@ class Charge:
 
 
 def charge(hold: int, price_micro_eur_per_dtu_hour: int, dtu_micro_hours: int, fee_bps: int) -> Charge:
-    vendor = _round(Decimal(price_micro_eur_per_dtu_hour) * dtu_micro_hours / 1_000_000)
-    fee = _round(Decimal(vendor) * fee_bps / 10_000)
+    with localcontext() as ctx:
+        ctx.prec = 80
+        vendor = _round(Decimal(price_micro_eur_per_dtu_hour) * dtu_micro_hours / 1_000_000)
+        fee = _round(Decimal(vendor) * fee_bps / 10_000)
     if vendor + fee > hold:
         fee = max(0, hold - vendor)
         vendor = min(vendor, hold)

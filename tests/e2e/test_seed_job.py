@@ -148,6 +148,29 @@ async def test_a_redelivered_event_changes_state_once(exchange: Exchange) -> Non
     assert len(await exchange.query("placement", "workloads")) == 1
 
 
+async def test_usage_samples_arriving_out_of_order_are_integrated_in_seq_order(exchange: Exchange) -> None:
+    await offer(exchange, "safespring", "std-4c-16g", 38_000)
+    await submit(exchange, seed_manifest())
+    assigned = await assignment(exchange, "safespring")
+    p, party = assigned.payload, f"v-{assigned.payload.vendor}"
+
+    def sample(seq: int, cpu_s: int, wall_s: int, gib: int) -> Any:
+        return new_envelope(UsageSampled(
+            workload_id=p.workload_id, job_id=p.job_id, vendor=p.vendor, tenant="xyz", seq=seq,
+            at=T0 + timedelta(seconds=wall_s), cpu_us=cpu_s * 10**6, wall_us=wall_s * 10**6,
+            rss_peak_bytes=gib * GIB), source="agent", party=party, correlation_id=p.job_id)
+    # seq 2 overtakes seq 1 in a batch of its own: in order, 0.25 + 2 = 2.25 DTU-h (not 4 at seq 2's peak)
+    await exchange.publish(sample(2, 720, 7200, 8))
+    await exchange.quiet()
+    await exchange.publish(sample(1, 360, 3600, 1))
+    await exchange.publish(new_envelope(WorkloadReported(
+        workload_id=p.workload_id, job_id=p.job_id, vendor=p.vendor, status="succeeded", at=T0 + timedelta(hours=2),
+        exit_code=0, last_usage_seq=2), source="agent", party=party, correlation_id=p.job_id))
+    await exchange.wait_status("xyz", "my-first-sparkjob", "settled")
+    [line] = (await exchange.query("settlement", "invoice", tenant="xyz"))["lines"]
+    assert line["dtu_micro_hours"] == 2_250_000
+
+
 async def test_an_unmatchable_job_says_which_constraint_failed(exchange: Exchange) -> None:
     await offer(exchange, "safespring", "std-4c-16g", 38_000)
     await offer(exchange, "elastx", "std-4c-16g", 45_000)

@@ -57,7 +57,7 @@ class UsageSampled(Payload):
     job_id: UUID
     vendor: str
     tenant: str
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=1)  # 1, 2, 3, ... per workload
     at: datetime
     cpu_us: int = Field(ge=0)  # cumulative CPU time (user + system), microseconds
     wall_us: int = Field(ge=0)  # time since the workload started, microseconds

@@ -1,0 +1,12 @@
+"""The consumer SDK: submit job manifests to the exchange and read its state (see `client`)."""
+
+from clients.sdk.client import (
+    Exchange,
+    ExchangeError,
+    ManifestFileError,
+    Outcome,
+    format_eur,
+    load_manifests,
+)
+
+__all__ = ["Exchange", "ExchangeError", "ManifestFileError", "Outcome", "format_eur", "load_manifests"]

@@ -1,0 +1,394 @@
+"""smctl: run the exchange locally, submit jobs, and look at jobs, offers, invoices and the ledger.
+
+Reads go through the services' request-reply queries and writes are events (see clients.sdk);
+smctl never touches a database. Errors are one line on stderr and exit code 1.
+"""
+
+import asyncio
+import functools
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Awaitable, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from clients.sdk.client import (
+    DEFAULT_NATS_URL,
+    Exchange,
+    ExchangeError,
+    ManifestFileError,
+    Outcome,
+    load_manifests,
+)
+from clients.smctl import render
+from clients.smctl import stack as stack_mod
+from clients.smctl.render import Output
+
+T = TypeVar("T")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+APPLY_TIMEOUT_S = 20.0
+PIPE_WIDTH = 160
+_VENDOR = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+app = typer.Typer(
+    name="smctl",
+    help="strongmoose: an open compute exchange. Run it locally, submit jobs, follow them, read invoices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ledger_app = typer.Typer(help="Audit the settlement ledger.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+@dataclass
+class Settings:
+    nats_url: Optional[str]  # given by --nats-url or NATS_URL; None: from the state dir, else the default
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
+    return typer.Exit(code)
+
+
+def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn expected failures into one clear line and exit code 1; no tracebacks (SMCTL_DEBUG=1 shows them)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (ExchangeError, ManifestFileError, stack_mod.StackError, CliError, TimeoutError) as e:
+            raise fail(str(e)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", code=130) from None
+        except Exception as e:
+            if os.environ.get("SMCTL_DEBUG"):
+                raise
+            raise fail(f"unexpected {type(e).__name__}: {e} (SMCTL_DEBUG=1 shows the traceback)") from None
+
+    return wrapper
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def nats_url_of(ctx: typer.Context) -> str:
+    """--nats-url / NATS_URL, else the URL `smctl up` recorded in the default state dir, else the default."""
+    settings: Settings | None = ctx.find_root().obj
+    if settings and settings.nats_url:
+        return settings.nats_url
+    return stack_mod.nats_url_from_state(stack_mod.DEFAULT_STATE_DIR) or DEFAULT_NATS_URL
+
+
+async def connect(ctx: typer.Context) -> Exchange:
+    return await Exchange.connect(nats_url_of(ctx))
+
+
+StateDir = Annotated[Path, typer.Option("--state-dir", envvar="SMCTL_STATE_DIR",
+                                        help="Where servers, pids and logs of the local stack live.")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, json or yaml.")]
+TenantOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", "--tenant", help="The tenant (namespace).")]
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    nats_url: Annotated[Optional[str], typer.Option(
+        "--nats-url", envvar="NATS_URL",
+        help="NATS server of the exchange (default: the one `smctl up` started, else nats://127.0.0.1:4222).",
+    )] = None,
+) -> None:
+    """strongmoose: an open compute exchange."""
+    ctx.obj = Settings(nats_url=nats_url or None)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        # piped or recorded output: wide tables rather than rich's 80-column default
+        console.width = PIPE_WIDTH
+
+
+# -- the local stack ---------------------------------------------------------------------------
+
+
+def _progress(message: str) -> None:
+    console.print(Text(message, style="dim"))
+
+
+def stack_table(stack: stack_mod.Stack) -> Table:
+    infra = stack.infra
+    table = Table(title=f"strongmoose stack in {stack.state_dir}", title_justify="left")
+    table.add_column("COMPONENT")
+    table.add_column("PID", justify="right")
+    table.add_column("WHERE")
+    for name, server, url in (("nats", infra.nats, infra.nats_url), ("postgres", infra.postgres, infra.database_url)):
+        pid = str(server.pid) if server is not None else "external"
+        url = stack_mod.redact(url)
+        table.add_row(name, pid, Text(f"{url}  (log {stack_mod.log_path(stack.state_dir, name)})"
+                                      if server is not None else url))
+    for p in stack.procs:
+        table.add_row(p.name, str(p.pid), Text(f"log {p.log}"))
+    return table
+
+
+@app.command()
+@cli_errors
+def up(
+    ctx: typer.Context,
+    state_dir: StateDir = stack_mod.DEFAULT_STATE_DIR,
+    vendors: Annotated[str, typer.Option(help="Demo vendors the agent runs: all, or NAME,NAME,...")] = "all",
+    sync_interval: Annotated[str, typer.Option(
+        envvar="NATS_SYNC_INTERVAL", help="JetStream fsync policy of a started NATS: default, always, or 2m.",
+    )] = "default",
+) -> None:
+    """Start NATS, PostgreSQL, the five services and the vendor agent.
+
+    Servers named by NATS_URL / DATABASE_URL are used instead of starting local ones.
+    """
+    vendors = _vendor_list(vendors)
+    stack = stack_mod.up(state_dir, nats_url=ctx.find_root().obj.nats_url,
+                         database_url=os.environ.get("DATABASE_URL") or None, vendors=vendors,
+                         sync_interval=sync_interval, progress=_progress)
+    if stack.already_up:
+        console.print(f"the stack in {escape(str(stack.state_dir))} is already up")
+    console.print(stack_table(stack))
+    if not stack.already_up:
+        console.print("next: [bold]smctl get offers[/]  ·  [bold]smctl apply -f examples/seed-job.yaml[/]  ·  "
+                      "[bold]smctl down[/]")
+
+
+def _vendor_list(vendors: str) -> str:
+    names = [v.strip() for v in vendors.split(",") if v.strip()]
+    if not names or names == ["all"]:
+        return "all"
+    bad = [n for n in names if not _VENDOR.match(n)]
+    if bad:
+        raise CliError(f"--vendors: {', '.join(bad)} is not a vendor name (lower-case letters, digits, '-')")
+    return ",".join(names)
+
+
+@app.command()
+@cli_errors
+def down(state_dir: StateDir = stack_mod.DEFAULT_STATE_DIR) -> None:
+    """Stop exactly what `smctl up` started. Safe to run twice."""
+    if stack_mod.down(state_dir, progress=_progress):
+        console.print("the stack is down")
+    else:
+        console.print(f"nothing is up in {escape(str(state_dir))}")
+
+
+@app.command()
+@cli_errors
+def logs(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(stack_mod.LOG_NAMES)}.")],
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines from the end.")] = 50,
+    state_dir: StateDir = stack_mod.DEFAULT_STATE_DIR,
+) -> None:
+    """Print the end of a service's (or the agent's, NATS's, PostgreSQL's) log."""
+    path = stack_mod.log_file(state_dir, service)
+    sys.stdout.write(stack_mod.tail(path, lines))
+    sys.stdout.flush()
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def print_outcome(outcome: Outcome) -> None:
+    who = escape(f"{outcome.tenant or '?'}/{outcome.name or '?'}")
+    if outcome.resubmitted:
+        console.print(f"job [bold]{who}[/] unchanged: it exists already (status {escape(str(outcome.status))})")
+    elif outcome.accepted:
+        extra = f" (status {outcome.status})" if outcome.status not in (None, "accepted") else ""
+        console.print(f"job [bold]{who}[/] [green]accepted[/]{escape(extra)}  job id {outcome.job_id}")
+    else:
+        console.print(f"job [bold]{who}[/] [red]rejected[/]:")
+        for e in outcome.errors or []:
+            console.print(Text(f"  {e.field}: {e.reason}"), soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def apply(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Option("--filename", "-f", help="A YAML file with one or more manifests.")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for intake's decision (up to 20 s).")] = True,
+) -> None:
+    """Submit the job manifests in a file; exit code 1 if intake rejects one."""
+    docs = load_manifests(file)
+
+    async def go() -> bool:
+        all_ok = True
+        async with await connect(ctx) as ex:
+            for doc in docs:
+                result = await ex.apply(doc, wait=wait, timeout_s=APPLY_TIMEOUT_S)
+                if isinstance(result, Outcome):
+                    print_outcome(result)
+                    all_ok = all_ok and result.accepted
+                else:
+                    md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+                    who = f"{md.get('namespace') or '?'}/{md.get('name') or '?'}"
+                    console.print(f"submitted {escape(who)}  event id {result}")
+        return all_ok
+
+    if not run(go()):
+        raise typer.Exit(1)
+
+
+KINDS = {"jobs": "jobs", "job": "jobs", "offers": "offers", "offer": "offers", "vendors": "vendors",
+         "vendor": "vendors"}
+
+
+@app.command()
+@cli_errors
+def get(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="jobs, offers or vendors.")],
+    tenant: TenantOpt = None,
+    region: Annotated[Optional[str], typer.Option(help="Offers in a region code, country or EU.")] = None,
+    vendor: Annotated[Optional[str], typer.Option(help="Offers of one vendor.")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        min=1, help="At most this many offers, cheapest first (default: 30 in table output, else all).")] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """List jobs, offers (cheapest first) or vendors."""
+    what = KINDS.get(kind.lower())
+    if what is None:
+        raise CliError(f"cannot get {kind!r}; choose jobs, offers or vendors")
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            if what == "jobs":
+                return await ex.jobs(tenant)
+            if what == "offers":
+                return await ex.offers(vendor=vendor, region=region)
+            return await ex.vendors()
+
+    data = run(go())
+    if what == "offers":
+        data = render.sort_offers(data)
+        if limit is not None or output is Output.table:
+            shown = data[: limit or 30]
+            if output is Output.table:
+                console.print(render.offers_table(shown, len(data)))
+                if len(shown) < len(data):
+                    console.print(f"[dim]{len(data) - len(shown)} more: --limit N, or -o json for all[/]")
+                return
+            data = shown
+    if output is not Output.table:
+        render.emit_data(console, data, output)
+    elif what == "jobs":
+        console.print(render.jobs_table(data))
+    else:
+        console.print(render.vendors_table(data))
+
+
+@app.command()
+@cli_errors
+def describe(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="job")],
+    name: Annotated[str, typer.Argument(help="The job's metadata.name.")],
+    tenant: Annotated[str, typer.Option("--namespace", "-n", "--tenant", help="The tenant (namespace).")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Show a job's fields and its timeline."""
+    if kind.lower() not in ("job", "jobs"):
+        raise CliError(f"cannot describe {kind!r}; only job")
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.job(tenant, name)
+
+    job = run(go())
+    if job is None:
+        raise CliError(f"no job {tenant}/{name} (smctl get jobs -n {tenant} lists them)")
+    if output is not Output.table:
+        render.emit_data(console, job, output)
+        return
+    console.print(render.job_fields_table(job))
+    console.print(render.timeline_table(job.get("timeline") or []))
+
+
+@app.command()
+@cli_errors
+def invoice(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Argument(help="The tenant (namespace).")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """A tenant's invoice: one line per settled job, and the total."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.invoice(tenant)
+
+    inv = run(go())
+    if output is not Output.table:
+        render.emit_data(console, inv, output)
+        return
+    if not inv:
+        raise CliError(f"no invoice for tenant {tenant}")
+    console.print(render.invoice_table(inv))
+
+
+@ledger_app.command("check")
+@cli_errors
+def ledger_check(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
+    """Check the ledger's invariants (balanced, within holds, ...); exit code 1 when one fails."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.ledger_check()
+
+    result = run(go())
+    if output is not Output.table:
+        render.emit_data(console, result, output)
+    else:
+        for line in render.ledger_lines(result):
+            console.print(line, soft_wrap=True)
+    if not result.get("ok"):
+        raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
+def demo(
+    ctx: typer.Context,
+    state_dir: Annotated[Path, typer.Option(
+        "--state-dir", help="The demo's own state dir, emptied first unless --keep-state.")] = Path(".state/demo"),
+    keep_state: Annotated[bool, typer.Option(
+        "--keep-state/--fresh", help="Reuse data from an earlier demo instead of starting clean.")] = False,
+    vendors: Annotated[str, typer.Option(help="Demo vendors the agent runs: all, or NAME,NAME,...")] = "all",
+) -> None:
+    """Run the whole exchange once: seed job and word count, invoice, ledger check.
+
+    The seed manifest as first written is rejected (its deadline is past).
+
+    Then it runs with a deadline two hours from now, and a word count runs on an EU vendor.
+
+    Exit code 0 only if both settled as finished and the ledger check is ok; the stack is stopped at the end.
+    """
+    from clients.smctl.demo import run_demo
+
+    ok = run_demo(state_dir, console, nats_url=ctx.find_root().obj.nats_url, fresh=not keep_state,
+                  vendors=_vendor_list(vendors))
+    raise typer.Exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    app()

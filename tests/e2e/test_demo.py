@@ -1,0 +1,29 @@
+"""`make demo` as a user runs it: its own servers, five service processes, the vendor agent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_the_demo_runs_both_jobs_to_settled_and_the_ledger_balances(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    smctl = Path(sys.executable).parent / "smctl"
+    run = subprocess.run([str(smctl), "demo", "--state-dir", str(tmp_path / "demo")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=240)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert "spec.notAfter" in out and "already past" in out  # the verbatim seed manifest is refused
+    assert out.count("→ settled") == 2
+    assert "ledger ok" in out
+    # nothing the demo started is left running
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps
