@@ -21,7 +21,7 @@ from libs.common.subjects import query, subject_for
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition") -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 60.0, what: str = "condition") -> Any:
     """Poll `check` until it returns something truthy; never sleep for an effect blindly."""
     deadline = asyncio.get_running_loop().time() + timeout
     last: Any = None
@@ -55,11 +55,24 @@ class Exchange:
     async def job(self, tenant: str, name: str) -> dict[str, Any] | None:
         return await self.query("intake", "job", tenant=tenant, name=name)
 
-    async def wait_status(self, tenant: str, name: str, *statuses: str, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_status(self, tenant: str, name: str, *statuses: str, timeout: float = 60.0) -> dict[str, Any]:
         async def check() -> Any:
             j = await self.job(tenant, name)
             return j if j and j["status"] in statuses else None
         return await eventually(check, timeout, f"job {tenant}/{name} in {statuses}")
+
+    async def diagnose(self) -> str:
+        """What the exchange holds, for a failure message."""
+        parts = []
+        for name in STREAMS:
+            info = await self.js.stream_info(name)
+            parts.append(f"{name}: {info.state.messages} msgs")
+            for c in await self.js.consumers_info(name):
+                parts.append(f"  {c.name}: delivered {c.delivered.stream_seq}, pending {c.num_pending}, "
+                             f"unacked {c.num_ack_pending}, redelivered {c.num_redelivered}")
+        parts.append(f"jobs: {await self.query('intake', 'jobs')}")
+        parts.append(f"offers: {len(await self.query('matching', 'offers'))}")
+        return "\n".join(parts)
 
     async def wait_offers(self, n: int) -> None:
         """Offers and jobs travel on different streams: wait until matching's book holds `n` offers."""
@@ -67,7 +80,7 @@ class Exchange:
             return len(await self.query("matching", "offers")) >= n
         await eventually(check, what=f"{n} offers in the book")
 
-    async def quiet(self, timeout: float = 20.0) -> None:
+    async def quiet(self, timeout: float = 60.0) -> None:
         """Wait until every durable consumer has handled everything and every outbox is published."""
         busy: list[str] = []
 

@@ -94,7 +94,8 @@ class Agent:
         self.psub = await self.js.pull_subscribe_bind(durable=config.durable_name, stream="PLACEMENT")
 
     async def serve(self) -> None:
-        while True:
+        assert self.nc is not None
+        while not self.nc.is_closed:  # nats-py's fetch can swallow a cancellation: stop on close too
             try:
                 msgs = await self.psub.fetch(20, timeout=1.0)
             except (asyncio.TimeoutError, nats.errors.TimeoutError):

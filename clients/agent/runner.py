@@ -1,7 +1,8 @@
 """Runs one assigned workload as a local process and measures it.
 
 Usage is measured twice over: while the process runs, psutil samples its CPU time (with its
-children) and resident memory; when it exits, `wait4` gives the kernel's exact rusage. Samples are
+children) and resident memory; when it exits, `wait4` gives the kernel's exact CPU time. The
+workload is its process session: when the main process exits, what it left behind is killed. Samples are
 cumulative and their seq increases, so metering can integrate them and spot repeats.
 """
 
@@ -75,9 +76,14 @@ async def run_process(command: list[str], env: dict[str, str], workdir: Path, ti
         last = Usage(max(cpu, last.cpu_us), wall, peak)
         await on_sample(last)
     _, status, ru = waiter.result()
+    try:  # the workload ends with its main process: whatever it left running in its session goes too
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     wall = int((time.monotonic() - started) * 1e6)
     cpu = int((ru.ru_utime + ru.ru_stime) * 1e6)
-    final = Usage(max(cpu, last.cpu_us), max(wall, last.wall_us), max(peak, ru.ru_maxrss * 1024))
+    # memory is what psutil saw: ru_maxrss of a forked child also counts the agent's own pages before exec
+    final = Usage(max(cpu, last.cpu_us), max(wall, last.wall_us), peak)
     await on_sample(final)
     code = os.waitstatus_to_exitcode(status)
     if code != 0 and not message:

@@ -20,7 +20,6 @@ from rich.table import Table
 from rich.text import Text
 
 from clients.sdk.client import (
-    DEFAULT_NATS_URL,
     Exchange,
     ExchangeError,
     ManifestFileError,
@@ -91,11 +90,18 @@ def run(coro: Awaitable[T]) -> T:
 
 
 def nats_url_of(ctx: typer.Context) -> str:
-    """--nats-url / NATS_URL, else the URL `smctl up` recorded in the default state dir, else the default."""
+    """--nats-url / NATS_URL, else the URL `smctl up` recorded in the default state dir.
+
+    Never a guess: a NATS that happens to listen on the default port may be somebody else's.
+    """
     settings: Settings | None = ctx.find_root().obj
     if settings and settings.nats_url:
         return settings.nats_url
-    return stack_mod.nats_url_from_state(stack_mod.DEFAULT_STATE_DIR) or DEFAULT_NATS_URL
+    url = stack_mod.nats_url_from_state(stack_mod.DEFAULT_STATE_DIR)
+    if url is None:
+        raise ExchangeError(f"no exchange started here ({stack_mod.DEFAULT_STATE_DIR}/infra.json is missing): "
+                            "run `smctl up`, or name one with --nats-url or NATS_URL")
+    return url
 
 
 async def connect(ctx: typer.Context) -> Exchange:
@@ -113,7 +119,7 @@ def main(
     ctx: typer.Context,
     nats_url: Annotated[Optional[str], typer.Option(
         "--nats-url", envvar="NATS_URL",
-        help="NATS server of the exchange (default: the one `smctl up` started, else nats://127.0.0.1:4222).",
+        help="NATS server of the exchange (default: the one `smctl up` started here).",
     )] = None,
 ) -> None:
     """strongmoose: an open compute exchange."""

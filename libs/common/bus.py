@@ -46,6 +46,24 @@ class PermanentError(Exception):
 class Subscription:
     consumer: ConsumerSpec
     handle: Handler  # (tx, fresh events) -> outgoing events; runs inside the batch transaction
+    # events from outside the exchange (consumers, vendors) carry a time their sender chose: take the
+    # time the stream stored the message instead, which a replay sees unchanged
+    time_from_stream: bool = False
+
+
+class PartyMismatch(InvalidEvent):
+    """The subject names one party and the envelope another: a forgery or a bug, never applied."""
+
+
+def received(sub: Subscription, m: Msg) -> Envelope[Any]:
+    """Parse a message and check that its subject's party token is the envelope's party."""
+    env = parse_envelope(m.data)
+    token = m.subject.rsplit(".", 1)[-1]
+    if token != env.party:
+        raise PartyMismatch(f"subject party {token!r} is not the envelope's party {env.party!r}")
+    if sub.time_from_stream:
+        env = env.model_copy(update={"time": m.metadata.timestamp})
+    return env
 
 
 @dataclass
@@ -85,9 +103,11 @@ async def dead_letter(js: JetStreamContext, consumer: str, msg: Msg, error: str)
 class Runtime:
     """Runs one service: pool, migrations, streams, relay, batch consumers and query endpoints."""
 
-    def __init__(self, service: Service, nats_url: str, database_url: str, batch_size: int = 200):
+    def __init__(self, service: Service, nats_url: str, database_url: str, batch_size: int = 200,
+                 stream_replicas: int = 1):
         self.service = service
         self.nats_url, self.database_url, self.batch_size = nats_url, database_url, batch_size
+        self.stream_replicas = stream_replicas
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.pool: asyncpg.Pool | None = None
@@ -102,7 +122,7 @@ class Runtime:
         await migrate(self.pool, s.schema, s.migrations)
         self.nc = await connect_nats(self.nats_url, s.name)
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js)
+        await ensure_streams(self.js, self.stream_replicas)
         self.relay = outbox.Relay(self.pool, self.js, s.schema)
         self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{s.name}-relay"))
         for sub in s.subscriptions:
@@ -137,7 +157,8 @@ class Runtime:
     # -- consuming ----------------------------------------------------------------------------
 
     async def _consume(self, sub: Subscription, psub: JetStreamContext.PullSubscription) -> None:
-        while True:
+        assert self.nc is not None
+        while not self.nc.is_closed:  # nats-py's fetch can swallow a cancellation: stop on close too
             try:
                 msgs = await psub.fetch(self.batch_size, timeout=1.0)
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
@@ -162,7 +183,7 @@ class Runtime:
         good: list[tuple[Msg, Envelope[Any]]] = []
         for m in msgs:
             try:
-                good.append((m, parse_envelope(m.data)))
+                good.append((m, received(sub, m)))
             except InvalidEvent as e:
                 await dead_letter(self.js, sub.consumer.durable, m, f"invalid event: {e}")
                 await m.term()
@@ -248,5 +269,5 @@ def run_service(build: Callable[[], Service], settings: Any) -> None:
     """Entry point of `python -m services.<name>`."""
     service = build()
     telemetry.setup(service.name)
-    rt = Runtime(service, settings.nats_url, settings.database_url, settings.batch_size)
+    rt = Runtime(service, settings.nats_url, settings.database_url, settings.batch_size, settings.stream_replicas)
     asyncio.run(rt.run_until_signalled())

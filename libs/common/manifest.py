@@ -20,8 +20,9 @@ vendor in an EU member state. `maxEuroPerDTU` is the price cap per DTU-hour (one
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
@@ -177,7 +178,7 @@ class _Raw(BaseModel):
         @field_validator("name", "namespace")
         @classmethod
         def dns_label(cls, v: str) -> str:
-            if not _NAME.match(v):
+            if not _NAME.fullmatch(v):
                 raise ValueError("must be a DNS-1123 label: lower-case letters, digits and '-', at most 63")
             return v
 
@@ -262,6 +263,10 @@ class _Raw(BaseModel):
         return v
 
 
+MAX_MANIFEST_BYTES = 64 * 1024  # a manifest describes work; data travels by reference (paths, env)
+MAX_DEADLINE_AHEAD = timedelta(days=366)
+
+
 def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
     """Validate a manifest as submitted at `submitted_at` (the event time, never the wall clock).
 
@@ -269,6 +274,10 @@ def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
     """
     if not isinstance(doc, dict):
         raise ManifestError([FieldError(field="(manifest)", reason="must be a mapping (a YAML/JSON object)")])
+    size = len(json.dumps(doc, default=str))
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError([FieldError(field="(manifest)", reason=(
+            f"is {size} bytes as JSON; at most {MAX_MANIFEST_BYTES} are accepted"))])
     try:
         raw = _Raw.model_validate(doc)
     except ValidationError as e:
@@ -286,6 +295,9 @@ def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
     if s.notAfter <= submitted_at:
         errors.append(FieldError(field="spec.notAfter", reason=(
             f"deadline {s.notAfter.isoformat()} is already past (submitted {submitted_at.isoformat()})")))
+    elif s.notAfter - submitted_at > MAX_DEADLINE_AHEAD:
+        errors.append(FieldError(field="spec.notAfter", reason=(
+            f"deadline {s.notAfter.isoformat()} is more than {MAX_DEADLINE_AHEAD.days} days ahead")))
     elif s.notAfter.timestamp() < earliest_end:
         errors.append(FieldError(field="spec.notAfter", reason=(
             f"deadline {s.notAfter.isoformat()} leaves less than the expected duration "

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import asyncpg
+import nats.errors
 from nats.js import JetStreamContext
 
 from libs.common.envelope import Envelope
@@ -81,11 +82,26 @@ class Relay:
         if not rows:
             return 0
         futures = []
+        failed: list[tuple[int, str]] = []
         for r in rows:
             headers = {"Nats-Msg-Id": str(r["event_id"]), **json.loads(r["headers"])}
-            futures.append(await self.js.publish_async(r["subject"], r["body"].encode(), headers=headers))
+            try:
+                futures.append(await self.js.publish_async(r["subject"], r["body"].encode(), headers=headers))
+            except (nats.errors.MaxPayloadError, nats.errors.BadSubjectError) as e:
+                # can never be published: dead-letter it rather than block every row behind it
+                failed.append((r["seq"], f"{type(e).__name__}: {e}"))
+                await self._dead_letter(r, failed[-1][1])
         await asyncio.wait_for(asyncio.gather(*futures), timeout=15.0)
         await con.execute("UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
                           [r["seq"] for r in rows])
-        self.published += len(rows)
+        if failed:
+            await con.executemany("UPDATE outbox SET failed = $2 WHERE seq = $1", failed)
+        self.published += len(rows) - len(failed)
         return len(rows)
+
+    async def _dead_letter(self, row: asyncpg.Record, error: str) -> None:
+        log.error("outbox row %s (%s on %r) cannot be published: %s", row["seq"], row["event_id"], row["subject"],
+                  error)
+        headers = {"Strongmoose-Error": error[:2000], "Strongmoose-Subject": row["subject"][:500],
+                   "Strongmoose-Event-Id": str(row["event_id"]), "Nats-Msg-Id": f"dlq:outbox:{row['event_id']}"}
+        await self.js.publish(f"dlq.{self.schema}.outbox", row["body"].encode()[:65536], headers=headers)

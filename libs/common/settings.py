@@ -13,3 +13,4 @@ class CommonSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/strongmoose"
     batch_size: int = 200  # messages pulled per fetch, handled in one transaction
+    stream_replicas: int = 1  # 3 on a NATS cluster (deploy/k8s)

@@ -88,8 +88,12 @@ def agent_assignments(vendor: str) -> ConsumerSpec:
                         max_deliver=5, ack_wait_s=60.0)
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create every stream, or bring an existing one to this configuration (idempotent)."""
+async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:
+    """Create every stream, or bring an existing one to this configuration (idempotent).
+
+    `replicas` (`STREAM_REPLICAS`, 3 on a NATS cluster) is set by the services; a client passing None
+    keeps an existing stream's replica count and creates missing ones with one replica.
+    """
     for name, subjects in STREAMS.items():
         config = StreamConfig(
             name=name,
@@ -98,10 +102,13 @@ async def ensure_streams(js: JetStreamContext) -> None:
             storage=StorageType.FILE,
             max_age=MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=replicas or 1,
         )
         try:
-            await js.stream_info(name)
+            info = await js.stream_info(name)
         except NotFoundError:
             await js.add_stream(config)
         else:
+            if replicas is None:
+                config.num_replicas = info.config.num_replicas
             await js.update_stream(config)

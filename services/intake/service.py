@@ -13,7 +13,7 @@ from libs.common.events.placement import WorkloadFailed, WorkloadFinished
 from libs.common.events.sdk import JobSubmitted
 from libs.common.events.settlement import ChargePosted
 from libs.common.ids import job_id
-from libs.common.manifest import ManifestError, manifest_identity, validate_manifest
+from libs.common.manifest import FieldError, ManifestError, manifest_identity, validate_manifest
 from services.intake import domain, store
 
 SOURCE = "intake"
@@ -31,6 +31,9 @@ async def submit_jobs(tx: asyncpg.Connection, events: list[Envelope[JobSubmitted
         tenant, name = manifest_identity(ev.payload.manifest)
         try:
             req = validate_manifest(ev.payload.manifest, submitted_at=ev.time)
+            if req.party != ev.party:  # a tenant submits only into its own namespace
+                raise ManifestError([FieldError(field="metadata.namespace", reason=(
+                    f"{req.tenant!r} is not the submitting tenant ({ev.party})"))])
         except ManifestError as e:
             rejected = derive(ev, JobRejected(tenant=tenant, name=name, errors=e.errors), source=SOURCE)
             out.append(rejected)
@@ -47,9 +50,19 @@ async def submit_jobs(tx: asyncpg.Connection, events: list[Envelope[JobSubmitted
             timeline.append((jid, req.tenant, req.name, accepted.id, ev.time, "JobAccepted", SOURCE,
                              domain.describe(accepted)))
         else:
-            status = await store.job_status(tx, req.tenant, req.name)
-            timeline.append((jid, req.tenant, req.name, ev.id, ev.time, "JobResubmitted", SOURCE,
-                             f"resubmitted: job already exists (status {status}); nothing changed"))
+            status, existing = await store.job_request(tx, req.tenant, req.name)
+            if existing == req:
+                timeline.append((jid, req.tenant, req.name, ev.id, ev.time, "JobResubmitted", SOURCE,
+                                 f"resubmitted: job already exists (status {status}); nothing changed"))
+                continue
+            # a job is immutable once accepted: a different spec under its name is refused, not dropped
+            rejected = derive(ev, JobRejected(tenant=req.tenant, name=req.name, errors=[FieldError(
+                field="metadata.name", reason=(f"job {req.tenant}/{req.name} already exists (status {status}) "
+                                               "with a different spec; use a new name"))]),
+                source=SOURCE, party=req.party, correlation_id=jid)
+            out.append(rejected)
+            timeline.append((jid, req.tenant, req.name, rejected.id, ev.time, "JobRejected", SOURCE,
+                             domain.describe(rejected)))
     await store.add_timeline(tx, timeline)
     return out
 

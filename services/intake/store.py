@@ -9,6 +9,8 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common.manifest import JobRequest
+
 
 async def insert_job(tx: asyncpg.Connection, *, job_id: UUID, tenant: str, name: str, manifest: dict[str, Any],
                      request_json: str, at: datetime) -> bool:
@@ -20,8 +22,10 @@ async def insert_job(tx: asyncpg.Connection, *, job_id: UUID, tenant: str, name:
     return row is not None
 
 
-async def job_status(tx: asyncpg.Connection, tenant: str, name: str) -> str | None:
-    return await tx.fetchval("SELECT status FROM jobs WHERE tenant = $1 AND name = $2", tenant, name)
+async def job_request(tx: asyncpg.Connection, tenant: str, name: str) -> tuple[str, JobRequest]:
+    row = await tx.fetchrow("SELECT status, request::text AS request FROM jobs WHERE tenant = $1 AND name = $2",
+                            tenant, name)
+    return row["status"], JobRequest.model_validate_json(row["request"])
 
 
 async def advance(tx: asyncpg.Connection, job_id: UUID, status: str, rank: int, at: datetime,

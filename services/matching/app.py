@@ -29,7 +29,7 @@ def create_service(settings: MatchingSettings) -> Service:
         schema=settings.matching_schema,
         migrations=Path(__file__).parent / "migrations",
         subscriptions=[
-            Subscription(streams.MATCHING_OFFER_PUBLISHED, service.publish_offers),
+            Subscription(streams.MATCHING_OFFER_PUBLISHED, service.publish_offers, time_from_stream=True),
             Subscription(streams.MATCHING_JOB_ACCEPTED, service.accept_jobs),
             Subscription(streams.MATCHING_WORKLOAD_FINISHED, service.release_capacity),
             Subscription(streams.MATCHING_WORKLOAD_FAILED, service.release_capacity),

@@ -9,12 +9,15 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, derive
 from libs.common.events.agent import OfferPublished
 from libs.common.events.intake import JobAccepted
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
 from libs.common.events.placement import WorkloadFailed, WorkloadFinished
+from libs.common.ids import offer_id
 from libs.common.manifest import JobRequest
+from libs.common.subjects import vendor_party
 from services.matching import domain, store
 from services.matching.domain import Offer
 
@@ -41,6 +44,11 @@ async def accept_jobs(tx: asyncpg.Connection, events: list[Envelope[JobAccepted]
 
 async def publish_offers(tx: asyncpg.Connection, events: list[Envelope[OfferPublished]]) -> list[Envelope[Any]]:
     """Take vendors' (re-)published offers into the book, then retry the waiting jobs against it."""
+    for ev in events:
+        p = ev.payload
+        if ev.party != vendor_party(p.vendor) or p.offer_id != offer_id(p.vendor, p.node):
+            raise PermanentError(f"offer {p.offer_id} of {p.vendor}/{p.node} published by {ev.party}: "
+                                 "a vendor publishes only its own offers, under their own ids")
     await store.upsert_offers(tx, [(ev.payload, ev.time) for ev in events])
     return await _retry_waiting(tx, events[-1])
 

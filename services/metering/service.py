@@ -7,56 +7,72 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, new_envelope
 from libs.common.events.agent import UsageSampled
 from libs.common.events.metering import MeterClosed
 from libs.common.events.placement import WorkloadFailed, WorkloadFinished, WorkloadStarted
 from libs.common.ids import derived_id
+from libs.common.subjects import vendor_party
 from services.metering import domain, store
 
 SOURCE = "metering"
 
 
 async def record_usage(tx: asyncpg.Connection, events: list[Envelope[UsageSampled]]) -> list[Envelope[Any]]:
-    """Keep every sample, then integrate each meter's samples in seq order up to the first gap.
+    """Keep every sample, then integrate each known meter's samples in seq order up to the first gap.
 
-    Repeats change nothing; a sample that overtook an earlier one waits in `usage_samples` until the
-    earlier one arrives, so the integral is the same in any delivery order.
+    Repeats change nothing; a sample that overtook an earlier one, or arrived before placement's
+    WorkloadStarted, waits in `usage_samples`; only the vendor the workload runs at is believed.
     """
-    await store.ensure_meters(tx, sorted({(e.payload.workload_id, e.payload.job_id, e.payload.tenant,
-                                           e.payload.vendor) for e in events}))
-    await store.insert_samples(tx, [(e.payload.workload_id, e.payload.seq, e.payload.at, e.payload.cpu_us,
-                                     e.payload.wall_us, e.payload.rss_peak_bytes) for e in events])
-    rows = await store.lock_meters(tx, [e.payload.workload_id for e in events])
-    advanced: dict[UUID, Envelope[Any]] = {}
     for ev in events:
-        wid = ev.payload.workload_id
-        r = rows[wid]
-        if r["status"] == "closed" or wid in advanced:
-            continue
-        before = store.meter_of(r)
-        after = domain.apply_in_order(before, await store.pending_samples(tx, wid, before.last_seq))
-        if after != before:
-            await store.save_meter(tx, wid, after)
-            advanced[wid] = ev
-    return await _close_complete(tx, list(advanced.values()))
+        if ev.party != vendor_party(ev.payload.vendor):
+            raise PermanentError(f"usage of {ev.payload.vendor} reported by {ev.party}")
+    known = await store.lock_meters(tx, [e.payload.workload_id for e in events])
+    for ev in events:
+        m = known.get(ev.payload.workload_id)
+        if m is not None and m["vendor"] != ev.payload.vendor:
+            raise PermanentError(f"workload {ev.payload.workload_id} does not run at {ev.payload.vendor}")
+    await store.insert_samples(tx, [(e.payload.workload_id, e.payload.vendor, e.payload.seq, e.payload.at,
+                                     e.payload.cpu_us, e.payload.wall_us, e.payload.rss_peak_bytes) for e in events])
+    return await _integrate(tx, events)
 
 
 async def open_meters(tx: asyncpg.Connection, events: list[Envelope[WorkloadStarted]]) -> list[Envelope[Any]]:
-    await store.ensure_meters(tx, sorted({(e.payload.workload_id, e.payload.job_id, e.payload.tenant,
-                                           e.payload.vendor) for e in events}))
-    return []
+    """Placement says where a workload runs: open its meter and take in samples that came first."""
+    await _ensure(tx, events)
+    return await _integrate(tx, events)
 
 
 async def end_meters(tx: asyncpg.Connection, events: list[Envelope[Any]]) -> list[Envelope[Any]]:
     """The workload ended: remember the last sample it announced; close when that sample is in."""
-    await store.ensure_meters(tx, sorted({(e.payload.workload_id, e.payload.job_id, e.payload.tenant,
-                                           e.payload.vendor) for e in events}))
+    await _ensure(tx, events)
     for ev in events:
         p: WorkloadFinished | WorkloadFailed = ev.payload
         outcome = "succeeded" if isinstance(p, WorkloadFinished) else "failed"
         await store.mark_ended(tx, p.workload_id, outcome, p.last_usage_seq, p.at)
-    return await _close_complete(tx, events)
+    return await _integrate(tx, events)
+
+
+async def _ensure(tx: asyncpg.Connection, events: list[Envelope[Any]]) -> None:
+    await store.ensure_meters(tx, sorted({(e.payload.workload_id, e.payload.job_id, e.payload.tenant,
+                                           e.payload.vendor) for e in events}))
+
+
+async def _integrate(tx: asyncpg.Connection, causes: list[Envelope[Any]]) -> list[Envelope[Any]]:
+    rows = await store.lock_meters(tx, [c.payload.workload_id for c in causes])
+    touched: dict[UUID, Envelope[Any]] = {}
+    for cause in causes:
+        wid = cause.payload.workload_id
+        r = rows.get(wid)
+        if r is None or r["status"] == "closed" or wid in touched:
+            continue
+        touched[wid] = cause
+        before = store.meter_of(r)
+        after = domain.apply_in_order(before, await store.pending_samples(tx, wid, r["vendor"], before.last_seq))
+        if after != before:
+            await store.save_meter(tx, wid, after)
+    return await _close_complete(tx, list(touched.values()))
 
 
 async def _close_complete(tx: asyncpg.Connection, causes: list[Envelope[Any]]) -> list[Envelope[Any]]:

@@ -12,7 +12,7 @@ from services.metering.domain import Meter, Sample
 
 
 async def ensure_meters(tx: asyncpg.Connection, rows: list[tuple[UUID, UUID, str, str]]) -> None:
-    """(workload_id, job_id, tenant, vendor): a meter opens on whichever arrives first, sample or start."""
+    """(workload_id, job_id, tenant, vendor) from placement's facts: only placement says who runs what."""
     await tx.executemany("INSERT INTO meters (workload_id, job_id, tenant, vendor) VALUES ($1, $2, $3, $4) "
                          "ON CONFLICT DO NOTHING", rows)
 
@@ -34,16 +34,19 @@ async def save_meter(tx: asyncpg.Connection, workload_id: UUID, m: Meter) -> Non
                      workload_id, m.last_seq, m.cpu_us, m.wall_us, m.rss_peak_bytes, m.dtu_hours, m.samples)
 
 
-async def pending_samples(tx: asyncpg.Connection, workload_id: UUID, after_seq: int | None) -> list[Sample]:
+async def pending_samples(tx: asyncpg.Connection, workload_id: UUID, vendor: str,
+                          after_seq: int | None) -> list[Sample]:
     rows = await tx.fetch("SELECT seq, cpu_us, wall_us, rss_peak_bytes FROM usage_samples "
-                          "WHERE workload_id = $1 AND seq > $2 ORDER BY seq", workload_id, after_seq or 0)
+                          "WHERE workload_id = $1 AND vendor = $2 AND seq > $3 ORDER BY seq",
+                          workload_id, vendor, after_seq or 0)
     return [Sample(seq=r["seq"], cpu_us=r["cpu_us"], wall_us=r["wall_us"], rss_peak_bytes=r["rss_peak_bytes"])
             for r in rows]
 
 
 async def insert_samples(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-    await tx.executemany("INSERT INTO usage_samples (workload_id, seq, at, cpu_us, wall_us, rss_peak_bytes) "
-                         "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", rows)
+    """rows: (workload_id, vendor, seq, at, cpu_us, wall_us, rss_peak_bytes)."""
+    await tx.executemany("INSERT INTO usage_samples (workload_id, vendor, seq, at, cpu_us, wall_us, rss_peak_bytes) "
+                         "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING", rows)
 
 
 async def mark_ended(tx: asyncpg.Connection, workload_id: UUID, outcome: str, final_seq: int | None,

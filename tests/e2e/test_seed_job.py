@@ -52,7 +52,10 @@ async def submit(ex: Exchange, doc: dict[str, Any], at: datetime = T0) -> None:
 async def assignment(ex: Exchange, vendor: str) -> Any:
     sub = await ex.js.pull_subscribe(subjects.workload_assigned_to(vendor), durable=f"test-{vendor}",
                                      stream="PLACEMENT")
-    msgs = await sub.fetch(1, timeout=15)
+    try:
+        msgs = await sub.fetch(1, timeout=60)
+    except Exception:
+        raise AssertionError(f"no assignment for {vendor}; {await ex.diagnose()}") from None
     await msgs[0].ack()
     return parse_envelope(msgs[0].data)
 
@@ -79,6 +82,7 @@ async def test_seed_job_reaches_settled_and_its_invoice_equals_the_hand_computed
     await offer(exchange, "elastx", "std-4c-16g", 45_000)
     await offer(exchange, "safespring", "std-4c-16g", 38_000)
     await offer(exchange, "cheapcloud", "big", 1_000, region="eu-north-1")  # Sweden, but not on the allow-list
+    await exchange.wait_offers(3)  # matching is continuous: a job takes the best offer in the book when it arrives
     await submit(exchange, seed_manifest())
     assigned = await assignment(exchange, "safespring")  # the cheaper of the two allowed vendors
     # interval 1: max(1800 cpu-s, 1 GiB/4 x 3600 s) = 0.5 DTU-h; interval 2: max(3600, 2/4 x 3600) = 1.0 DTU-h
@@ -93,6 +97,8 @@ async def test_seed_job_reaches_settled_and_its_invoice_equals_the_hand_computed
         1_500_000, 57_000, 1_425, 58_425)
     check = await exchange.query("settlement", "ledger_check")
     assert check["ok"], check
+    await exchange.quiet()  # intake folds each service's facts from its own stream, in any order
+    job = await exchange.job("xyz", "my-first-sparkjob")
     timeline = [t["type"] for t in job["timeline"]]
     for fact in ("JobAccepted", "JobMatched", "WorkloadAssigned", "WorkloadStarted", "WorkloadFinished",
                  "MeterClosed", "ChargePosted"):

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     subject      text        NOT NULL,
     body         jsonb       NOT NULL,
     headers      jsonb       NOT NULL DEFAULT '{}',
-    published_at timestamptz
+    published_at timestamptz,
+    failed       text        -- set when the row can never be published (dead-lettered instead)
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;

@@ -15,12 +15,15 @@ CREATE TABLE meters (
     ended        boolean     NOT NULL DEFAULT false,
     ended_at     timestamptz
 );
+-- every sample as reported, also those ahead of a gap or before the workload's start is known;
+-- keyed by the reporting vendor, so no other party's sample can take a seq's place
 CREATE TABLE usage_samples (
     workload_id uuid   NOT NULL,
+    vendor      text   NOT NULL,
     seq         int    NOT NULL,
     at          timestamptz NOT NULL,
     cpu_us      bigint NOT NULL,
     wall_us     bigint NOT NULL,
     rss_peak_bytes bigint NOT NULL,
-    PRIMARY KEY (workload_id, seq)
+    PRIMARY KEY (workload_id, vendor, seq)
 );
