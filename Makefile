@@ -35,5 +35,8 @@ up: install
 down: install
 	$(VENV)/bin/smctl down
 
+bench: install  ## throughput and latency of the five services vs bare JetStream (starts its own NATS and PostgreSQL)
+	$(PY) bench/pipeline.py
+
 clean:
 	rm -rf $(VENV) .state .pytest_cache

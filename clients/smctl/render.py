@@ -227,6 +227,10 @@ def invoice_table(inv: dict[str, Any]) -> Table:
     table.add_column("VENDOR", footer="")
     table.add_column("DTU-h", justify="right", footer="")
     table.add_column("EUR/DTU-h", justify="right", footer="")
+    gpus = any(int(ln.get("gpu_micro_hours") or 0) for ln in lines)
+    if gpus:  # GPUs are priced per GPU-hour on their own
+        table.add_column("GPU-h", justify="right", footer="")
+        table.add_column("EUR/GPU-h", justify="right", footer="")
     table.add_column("VENDOR EUR", justify="right",
                      footer=format_eur(sum(int(ln.get("vendor_micro_eur") or 0) for ln in lines)))
     table.add_column("FEE EUR", justify="right",
@@ -235,9 +239,11 @@ def invoice_table(inv: dict[str, Any]) -> Table:
     table.add_column("AT", footer="total")
     for ln in lines:
         dtu = ln.get("dtu_micro_hours")
+        gpu_cells = [_t(format_dtu_hours(int(ln.get("gpu_micro_hours") or 0))),
+                     _t(eur(ln.get("price_micro_eur_per_gpu_hour")))] if gpus else []
         table.add_row(_t(ln.get("name") or ln.get("job_id")), _t(ln.get("vendor")),
                       _t("-" if dtu is None else format_dtu_hours(dtu)),
-                      _t(eur(ln.get("price_micro_eur_per_dtu_hour"))), _t(eur(ln.get("vendor_micro_eur"))),
+                      _t(eur(ln.get("price_micro_eur_per_dtu_hour"))), *gpu_cells, _t(eur(ln.get("vendor_micro_eur"))),
                       _t(eur(ln.get("fee_micro_eur"))), _t(eur(ln.get("total_micro_eur"))),
                       _t(short_time(ln.get("at"))))
     return table

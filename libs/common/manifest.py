@@ -15,7 +15,9 @@ and every field beyond it is optional with a documented default:
 
 `restrictions.region` matches an offer's region code, its country ("Sweden") or "EU" for any
 vendor in an EU member state. `maxEuroPerDTU` is the price cap per DTU-hour (one vCPU with up to
-4 GiB for one hour), in EUR with at most 6 decimals; money is held as integer micro-euros.
+4 GiB for one hour), in EUR with at most 6 decimals; money is held as integer micro-euros. GPUs
+are priced per GPU-hour on their own: a job asking for `resources.gpu` must also cap that price with
+`maxEuroPerGPUHour`.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class JobRequest(BaseModel):
     image: str | None = None
     not_after: AwareDatetime
     max_micro_eur_per_dtu_hour: int = Field(gt=0)
+    max_micro_eur_per_gpu_hour: int | None = Field(None, gt=0)  # required when resources.gpu > 0
     command: tuple[str, ...]
     env: dict[str, str] = {}
     resources: Resources = Resources()
@@ -216,6 +219,7 @@ class _Raw(BaseModel):
         image: str | None = None
         notAfter: AwareDatetime
         maxEuroPerDTU: Any
+        maxEuroPerGPUHour: Any = None
         scriptPath: str | None = None
         command: list[str] | None = None
         args: list[str] = []
@@ -228,6 +232,11 @@ class _Raw(BaseModel):
         @classmethod
         def _cap(cls, v: Any) -> int:
             return euro_to_micro(v)
+
+        @field_validator("maxEuroPerGPUHour")
+        @classmethod
+        def _gpu_cap(cls, v: Any) -> int | None:
+            return None if v is None else euro_to_micro(v)
 
         @field_validator("expectedDuration")
         @classmethod
@@ -302,6 +311,9 @@ def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
         errors.append(FieldError(field="spec.notAfter", reason=(
             f"deadline {s.notAfter.isoformat()} leaves less than the expected duration "
             f"of {s.expectedDuration} s")))
+    if s.resources.gpu and s.maxEuroPerGPUHour is None:
+        errors.append(FieldError(field="spec.maxEuroPerGPUHour", reason=(
+            "is required when spec.resources.gpu is set: GPUs are priced per GPU-hour")))
     vendors = s.restrictions.vendor
     vendor_list = tuple([vendors] if isinstance(vendors, str) else (vendors or []))
     if errors:
@@ -312,6 +324,7 @@ def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
         image=s.image,
         not_after=s.notAfter,
         max_micro_eur_per_dtu_hour=s.maxEuroPerDTU,
+        max_micro_eur_per_gpu_hour=s.maxEuroPerGPUHour,
         command=command,
         env=s.env,
         resources=Resources(vcpu=s.resources.cpu, memory_gib=s.resources.memory, gpu=s.resources.gpu,

@@ -29,6 +29,7 @@ class Offer:
     price_micro_eur_per_dtu_hour: int
     available_from: datetime
     available_until: datetime
+    price_micro_eur_per_gpu_hour: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,17 @@ def first_miss(req: JobRequest, offer: Offer, now: datetime) -> str | None:
         return "resources"
     if offer.price_micro_eur_per_dtu_hour > req.max_micro_eur_per_dtu_hour:
         return "price"
+    if res.gpu and (offer.price_micro_eur_per_gpu_hour is None
+                    or offer.price_micro_eur_per_gpu_hour > (req.max_micro_eur_per_gpu_hour or 0)):
+        return "price"
     if window(req, offer, now) is None:
         return "availability"
     return None
 
 
 def best_match(req: JobRequest, offers: list[Offer], now: datetime) -> tuple[Match | None, list[ConstraintMiss]]:
-    """The cheapest feasible offer (ties: vendor, node, offer id), or why none fits, per constraint."""
+    """The cheapest feasible offer by hourly cost (ties: earlier start, vendor, node, offer id), or why
+    none fits, per constraint."""
     misses: dict[str, list[Offer]] = {c: [] for c in CONSTRAINTS}
     best: Match | None = None
     for o in offers:
@@ -82,7 +87,7 @@ def best_match(req: JobRequest, offers: list[Offer], now: datetime) -> tuple[Mat
             continue
         start, end = window(req, o, now)  # type: ignore[misc]
         cand = Match(o, start, end)
-        if best is None or _rank(cand) < _rank(best):
+        if best is None or _rank(cand, req) < _rank(best, req):
             best = cand
     if best is not None:
         return best, []
@@ -90,8 +95,15 @@ def best_match(req: JobRequest, offers: list[Offer], now: datetime) -> tuple[Mat
                   for c, os in misses.items() if os]
 
 
-def _rank(m: Match) -> tuple[int, datetime, str, str, str]:
-    return (m.offer.price_micro_eur_per_dtu_hour, m.start_at, m.offer.vendor, m.offer.node, str(m.offer.offer_id))
+def hourly_cost(req: JobRequest, o: Offer) -> Decimal:
+    """What the job would cost per hour on the offer: its DTUs at the DTU price plus its GPUs."""
+    gpus = req.resources.gpu * (o.price_micro_eur_per_gpu_hour or 0)
+    return req.resources.dtu_rate * o.price_micro_eur_per_dtu_hour + gpus
+
+
+def _rank(m: Match, req: JobRequest) -> tuple[Decimal, datetime, str, str, str]:
+    o = m.offer
+    return (hourly_cost(req, o), m.start_at, o.vendor, o.node, str(o.offer_id))
 
 
 def _eur(micro: int) -> str:

@@ -96,6 +96,8 @@ async def _try_match(tx: asyncpg.Connection, cause: Envelope[Any], job_id: UUID,
         free_gpu=o.free_gpu - req.resources.gpu)
     return derive(cause, JobMatched(
         job_id=job_id, request=req, offer_id=o.offer_id, vendor=o.vendor, node=o.node, region=o.region,
-        price_micro_eur_per_dtu_hour=o.price_micro_eur_per_dtu_hour, dtu_rate=req.resources.dtu_rate,
+        price_micro_eur_per_dtu_hour=o.price_micro_eur_per_dtu_hour,
+        price_micro_eur_per_gpu_hour=o.price_micro_eur_per_gpu_hour if req.resources.gpu else None,
+        dtu_rate=req.resources.dtu_rate,
         start_at=match.start_at, end_at=match.end_at), source=SOURCE, party=req.party, correlation_id=job_id,
         n=str(job_id), time=now)

@@ -17,15 +17,17 @@ async def upsert_offers(tx: asyncpg.Connection, offers: list[tuple[OfferPublishe
     """A re-published offer replaces the previous one (capacity, price, window); reservations stay."""
     await tx.executemany(
         "INSERT INTO offers (offer_id, vendor, node, region, country, eu, vcpu, memory_gib, gpu_count, gpu_model, "
-        "arch, price_micro_eur_per_dtu_hour, available_from, available_until, illustrative, published_at) "
-        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) "
+        "arch, price_micro_eur_per_dtu_hour, available_from, available_until, illustrative, published_at, "
+        "price_micro_eur_per_gpu_hour) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) "
         "ON CONFLICT (offer_id) DO UPDATE SET vcpu = EXCLUDED.vcpu, memory_gib = EXCLUDED.memory_gib, "
         "gpu_count = EXCLUDED.gpu_count, gpu_model = EXCLUDED.gpu_model, "
         "price_micro_eur_per_dtu_hour = EXCLUDED.price_micro_eur_per_dtu_hour, "
+        "price_micro_eur_per_gpu_hour = EXCLUDED.price_micro_eur_per_gpu_hour, "
         "available_from = EXCLUDED.available_from, available_until = EXCLUDED.available_until, "
         "published_at = EXCLUDED.published_at WHERE offers.published_at <= EXCLUDED.published_at",
         [(o.offer_id, o.vendor, o.node, o.region, o.country, o.eu, o.vcpu, o.memory_gib, o.gpu_count, o.gpu_model,
-          o.arch, o.price_micro_eur_per_dtu_hour, o.available_from, o.available_until, o.illustrative, at)
+          o.arch, o.price_micro_eur_per_dtu_hour, o.available_from, o.available_until, o.illustrative, at,
+          o.price_micro_eur_per_gpu_hour)
          for o, at in offers])
 
 
@@ -41,6 +43,7 @@ async def load_offers(tx: asyncpg.Connection) -> dict[UUID, Offer]:
         offer_id=r["offer_id"], vendor=r["vendor"], node=r["node"], region=r["region"], country=r["country"],
         eu=r["eu"], free_vcpu=r["free_vcpu"], free_memory_gib=r["free_mem"], free_gpu=r["free_gpu"],
         gpu_model=r["gpu_model"], price_micro_eur_per_dtu_hour=r["price_micro_eur_per_dtu_hour"],
+        price_micro_eur_per_gpu_hour=r["price_micro_eur_per_gpu_hour"],
         available_from=r["available_from"], available_until=r["available_until"]) for r in rows}
 
 
@@ -88,7 +91,8 @@ async def list_offers(con: asyncpg.Connection, vendor: str | None, region: str |
 async def load_offers_readonly(con: asyncpg.Connection) -> list[dict[str, Any]]:
     rows = await con.fetch(
         "SELECT o.offer_id, o.vendor, o.node, o.region, o.country, o.eu, o.vcpu, o.memory_gib, o.gpu_count, "
-        "o.gpu_model, o.price_micro_eur_per_dtu_hour, o.available_from, o.available_until, o.illustrative, "
+        "o.gpu_model, o.price_micro_eur_per_dtu_hour, o.price_micro_eur_per_gpu_hour, o.available_from, "
+        "o.available_until, o.illustrative, "
         "o.vcpu - COALESCE(r.vcpu, 0) AS free_vcpu, o.memory_gib - COALESCE(r.mem, 0) AS free_memory_gib "
         "FROM offers o LEFT JOIN (SELECT offer_id, sum(vcpu) AS vcpu, sum(memory_gib) AS mem FROM reservations "
         "WHERE released_at IS NULL GROUP BY offer_id) r USING (offer_id) "

@@ -39,9 +39,12 @@ async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]])
     transfers = []
     for ev in events:
         p, r = ev.payload, ev.payload.request
-        amount = domain.hold_amount(r.max_micro_eur_per_dtu_hour, p.dtu_rate, r.expected_duration_s)
+        gpus = r.resources.gpu
+        amount = domain.hold_amount(r.max_micro_eur_per_dtu_hour, p.dtu_rate, r.expected_duration_s,
+                                    gpus, r.max_micro_eur_per_gpu_hour or 0)
         if not await store.insert_hold(tx, p.job_id, r.tenant, r.name, p.vendor, amount,
-                                       p.price_micro_eur_per_dtu_hour, ev.time):
+                                       p.price_micro_eur_per_dtu_hour, ev.time, gpus,
+                                       p.price_micro_eur_per_gpu_hour or 0):
             continue
         transfers.append((derived_id(ev.id, "transfer/hold"), tenant_account(r.tenant), escrow_account(r.tenant),
                           amount, "hold", p.job_id, ev.id, ev.time))
@@ -63,7 +66,9 @@ async def settle_meters(tx: asyncpg.Connection, events: list[Envelope[MeterClose
             raise HoldMissing(f"no hold yet for job {p.job_id}")
         if h["status"] != "pending":
             continue
-        c = domain.charge(h["amount"], h["price_micro_eur_per_dtu_hour"], p.dtu_micro_hours, fee_bps)
+        gpu_h = domain.gpu_micro_hours(h["gpus"], p.wall_us)
+        c = domain.charge(h["amount"], h["price_micro_eur_per_dtu_hour"], p.dtu_micro_hours, fee_bps,
+                          h["price_micro_eur_per_gpu_hour"], gpu_h)
         escrow = escrow_account(h["tenant"])
         transfers += [
             (derived_id(ev.id, "transfer/charge"), escrow, vendor_account(h["vendor"]), c.vendor, "charge",
@@ -76,6 +81,7 @@ async def settle_meters(tx: asyncpg.Connection, events: list[Envelope[MeterClose
         await store.insert_invoice_line(tx, {
             "job_id": p.job_id, "tenant": h["tenant"], "name": h["name"], "vendor": h["vendor"],
             "dtu_micro_hours": p.dtu_micro_hours, "price": h["price_micro_eur_per_dtu_hour"],
+            "gpu_micro_hours": gpu_h, "gpu_price": h["price_micro_eur_per_gpu_hour"],
             "vendor_micro_eur": c.vendor, "fee_micro_eur": c.fee, "total_micro_eur": c.total, "at": ev.time})
         out.append(derive(ev, ChargePosted(
             job_id=p.job_id, tenant=h["tenant"], name=h["name"], vendor=h["vendor"],

@@ -34,11 +34,12 @@ async def post(tx: asyncpg.Connection, transfers: list[tuple[UUID, str, str, int
 
 
 async def insert_hold(tx: asyncpg.Connection, job_id: UUID, tenant: str, name: str, vendor: str, amount: int,
-                      price: int, at: datetime) -> bool:
+                      price: int, at: datetime, gpus: int, gpu_price: int) -> bool:
     r = await tx.fetchrow(
-        "INSERT INTO holds (job_id, tenant, name, vendor, amount, price_micro_eur_per_dtu_hour, status, held_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT DO NOTHING RETURNING job_id",
-        job_id, tenant, name, vendor, amount, price, at)
+        "INSERT INTO holds (job_id, tenant, name, vendor, amount, price_micro_eur_per_dtu_hour, status, held_at, "
+        "gpus, price_micro_eur_per_gpu_hour) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9) "
+        "ON CONFLICT DO NOTHING RETURNING job_id",
+        job_id, tenant, name, vendor, amount, price, at, gpus, gpu_price)
     return r is not None
 
 
@@ -54,8 +55,8 @@ async def settle_hold(tx: asyncpg.Connection, job_id: UUID) -> None:
 async def insert_invoice_line(tx: asyncpg.Connection, line: dict[str, Any]) -> None:
     await tx.execute(
         "INSERT INTO invoice_lines (job_id, tenant, name, vendor, dtu_micro_hours, price_micro_eur_per_dtu_hour, "
-        "vendor_micro_eur, fee_micro_eur, total_micro_eur, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
-        "ON CONFLICT DO NOTHING", *line.values())
+        "gpu_micro_hours, price_micro_eur_per_gpu_hour, vendor_micro_eur, fee_micro_eur, total_micro_eur, at) "
+        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING", *line.values())
 
 
 async def invoice(con: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:

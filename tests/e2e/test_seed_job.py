@@ -35,11 +35,14 @@ def seed_manifest(**spec: Any) -> dict[str, Any]:
 
 
 async def offer(ex: Exchange, vendor: str, node: str, price: int, region: str = "se-sto",
-                country: str = "Sweden", vcpu: int = 4, memory_gib: int = 16) -> None:
+                country: str = "Sweden", vcpu: int = 4, memory_gib: int = 16, gpus: int = 0,
+                gpu_price: int | None = None) -> None:
     oid = offer_id(vendor, node)
     await ex.publish(new_envelope(OfferPublished(
         offer_id=oid, vendor=vendor, node=node, region=region, country=country, eu=True, vcpu=Decimal(vcpu),
-        memory_gib=Decimal(memory_gib), price_micro_eur_per_dtu_hour=price, available_from=T0 - timedelta(hours=1),
+        memory_gib=Decimal(memory_gib), price_micro_eur_per_dtu_hour=price, gpu_count=gpus,
+        gpu_model="L40S" if gpus else None, price_micro_eur_per_gpu_hour=gpu_price,
+        available_from=T0 - timedelta(hours=1),
         available_until=T0 + timedelta(days=2)), source="agent", party=f"v-{vendor}", correlation_id=oid, time=T0))
 
 
@@ -103,6 +106,21 @@ async def test_seed_job_reaches_settled_and_its_invoice_equals_the_hand_computed
     for fact in ("JobAccepted", "JobMatched", "WorkloadAssigned", "WorkloadStarted", "WorkloadFinished",
                  "MeterClosed", "ChargePosted"):
         assert fact in timeline
+
+
+async def test_a_gpu_job_pays_its_gpu_hours_at_the_vendors_gpu_price(exchange: Exchange) -> None:
+    await offer(exchange, "safespring", "std-4c-16g", 38_000)  # no GPUs
+    await offer(exchange, "elastx", "gpu-2x", 45_000, gpus=2, gpu_price=2_000_000)
+    await exchange.wait_offers(2)
+    await submit(exchange, seed_manifest(resources={"gpu": 1}, maxEuroPerGPUHour=3))
+    assigned = await assignment(exchange, "elastx")
+    await run_as_vendor(exchange, assigned, [(1800, 3600, 1)])
+    await exchange.wait_status("xyz", "my-first-sparkjob", "settled")
+    [line] = (await exchange.query("settlement", "invoice", tenant="xyz"))["lines"]
+    # 0.5 DTU-h x €0.045 = €0.022500 plus 1 GPU x 1 h x €2 = €2.022500 to the vendor; fee 2.5 % = €0.050563
+    assert (line["gpu_micro_hours"], line["vendor_micro_eur"], line["fee_micro_eur"], line["total_micro_eur"]) == (
+        1_000_000, 2_022_500, 50_563, 2_073_063)
+    assert (await exchange.query("settlement", "ledger_check"))["ok"]
 
 
 async def test_the_verbatim_seed_manifest_is_rejected_naming_its_past_deadline(exchange: Exchange) -> None:

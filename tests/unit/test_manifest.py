@@ -270,8 +270,12 @@ def test_memory_beyond_4_gib_per_vcpu_sets_the_dtu_rate() -> None:
 
 
 def test_gpus_are_optional_and_counted() -> None:
-    res = accepted(with_spec(resources={"gpu": 2, "gpuModel": "a100"})).resources
-    assert (res.gpu, res.gpu_model) == (2, "a100")
+    req = accepted(with_spec(resources={"gpu": 2, "gpuModel": "a100"}, maxEuroPerGPUHour="2.5"))
+    assert (req.resources.gpu, req.resources.gpu_model, req.max_micro_eur_per_gpu_hour) == (2, "a100", 2_500_000)
+
+
+def test_a_job_with_gpus_must_cap_the_gpu_hour_price() -> None:
+    assert fields_of(with_spec(resources={"gpu": 1})) == ["spec.maxEuroPerGPUHour"]
 
 
 def test_a_negative_gpu_count_is_named() -> None:
@@ -360,3 +364,18 @@ def test_a_deadline_in_another_timezone_is_compared_as_the_same_instant() -> Non
     at = datetime(2025, 3, 25, 8, 25, 57, tzinfo=timezone.utc)
     job = accepted(with_spec(notAfter="2025-03-25T10:25:58+02:00", expectedDuration="1s"), at=at)
     assert job.not_after == at + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\r\n", " abc", "abc "])
+def test_a_name_with_trailing_or_leading_whitespace_is_not_a_dns_label(name: str) -> None:
+    doc = seed()
+    doc["metadata"]["name"] = name
+    assert fields_of(doc) == ["metadata.name"]
+
+
+def test_a_manifest_larger_than_the_limit_is_refused_as_a_whole() -> None:
+    assert fields_of(with_spec(env={f"K{i}": "v" * 100 for i in range(1000)})) == ["(manifest)"]
+
+
+def test_a_deadline_more_than_a_year_ahead_is_refused() -> None:
+    assert fields_of(with_spec(notAfter="9999-12-31T23:59:59-14:00")) == ["spec.notAfter"]

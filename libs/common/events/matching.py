@@ -21,6 +21,7 @@ class JobMatched(Payload):
     node: str
     region: str
     price_micro_eur_per_dtu_hour: int  # the vendor's ask: what the consumer pays per DTU-hour
+    price_micro_eur_per_gpu_hour: int | None = None  # and per GPU-hour, for a job with GPUs
     dtu_rate: Decimal  # DTUs the job occupies
     start_at: AwareDatetime  # booked window: start
     end_at: AwareDatetime  # booked window: start + expected duration

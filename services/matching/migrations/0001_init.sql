@@ -11,6 +11,7 @@ CREATE TABLE offers (
     gpu_model       text,
     arch            text        NOT NULL,
     price_micro_eur_per_dtu_hour bigint NOT NULL CHECK (price_micro_eur_per_dtu_hour > 0),
+    price_micro_eur_per_gpu_hour bigint CHECK (price_micro_eur_per_gpu_hour > 0),
     available_from  timestamptz NOT NULL,
     available_until timestamptz NOT NULL,
     illustrative    boolean     NOT NULL DEFAULT false,

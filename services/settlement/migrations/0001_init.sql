@@ -24,6 +24,8 @@ CREATE TABLE holds (
     vendor     text   NOT NULL,
     amount     bigint NOT NULL CHECK (amount >= 0),
     price_micro_eur_per_dtu_hour bigint NOT NULL,
+    gpus       int    NOT NULL DEFAULT 0,
+    price_micro_eur_per_gpu_hour bigint NOT NULL DEFAULT 0,
     status     text   NOT NULL CHECK (status IN ('pending', 'settled')),
     held_at    timestamptz NOT NULL
 );
@@ -34,6 +36,8 @@ CREATE TABLE invoice_lines (
     vendor          text   NOT NULL,
     dtu_micro_hours bigint NOT NULL,
     price_micro_eur_per_dtu_hour bigint NOT NULL,
+    gpu_micro_hours bigint NOT NULL DEFAULT 0,
+    price_micro_eur_per_gpu_hour bigint NOT NULL DEFAULT 0,
     vendor_micro_eur bigint NOT NULL,
     fee_micro_eur   bigint NOT NULL,
     total_micro_eur bigint NOT NULL,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.common.manifest import JobRequest, Resources, Restrictions
-from services.matching.domain import CONSTRAINTS, Match, Offer, best_match, first_miss, region_matches
+from services.matching.domain import CONSTRAINTS, Match, Offer, best_match, first_miss, hourly_cost, region_matches
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -21,9 +21,10 @@ EUR = 1_000_000  # micro-euros
 
 def job(*, region: str | None = None, vendors: tuple[str, ...] = (), vcpu: str = "1", memory_gib: str = "4",
         gpu: int = 0, gpu_model: str | None = None, cap_eur: int = 50, duration_s: int = 3600,
-        not_after: datetime = NOW + 24 * H) -> JobRequest:
+        not_after: datetime = NOW + 24 * H, gpu_cap_eur: int | None = None) -> JobRequest:
     return JobRequest(
         tenant="xyz", name="j", not_after=not_after, max_micro_eur_per_dtu_hour=cap_eur * EUR, command=("true",),
+        max_micro_eur_per_gpu_hour=(gpu_cap_eur if gpu_cap_eur is not None else 10) * EUR if gpu else None,
         resources=Resources(vcpu=Decimal(vcpu), memory_gib=Decimal(memory_gib), gpu=gpu, gpu_model=gpu_model),
         expected_duration_s=duration_s, restrictions=Restrictions(region=region, vendors=vendors))
 
@@ -34,12 +35,13 @@ _ids = itertools.count(1)
 def offer(*, vendor: str = "elastx", node: str = "n1", region: str = "se-sto", country: str = "Sweden",
           eu: bool = True, vcpu: str = "8", memory_gib: str = "32", gpu: int = 0, gpu_model: str | None = None,
           price_eur: str = "40", available_from: datetime = NOW - H, available_until: datetime = NOW + 48 * H,
-          offer_id: UUID | None = None) -> Offer:
+          offer_id: UUID | None = None, gpu_price_eur: str = "2") -> Offer:
     return Offer(
         offer_id=offer_id or UUID(int=next(_ids)), vendor=vendor, node=node, region=region, country=country, eu=eu,
         free_vcpu=Decimal(vcpu), free_memory_gib=Decimal(memory_gib), free_gpu=gpu, gpu_model=gpu_model,
         price_micro_eur_per_dtu_hour=int(Decimal(price_eur) * EUR), available_from=available_from,
-        available_until=available_until)
+        available_until=available_until,
+        price_micro_eur_per_gpu_hour=int(Decimal(gpu_price_eur) * EUR) if gpu else None)
 
 
 NORWAY = dict(region="no-osl", country="Norway", eu=False)
@@ -119,6 +121,19 @@ def test_a_wanted_gpu_model_must_match_whatever_its_case() -> None:
 
 
 # --- price -----------------------------------------------------------------------------------------------
+
+
+def test_a_gpu_job_is_excluded_for_price_when_the_gpu_hour_costs_more_than_its_gpu_cap() -> None:
+    assert first_miss(job(gpu=1, gpu_cap_eur=3), offer(gpu=1, gpu_price_eur="2"), NOW) is None
+    assert first_miss(job(gpu=1, gpu_cap_eur=1), offer(gpu=1, gpu_price_eur="2"), NOW) == "price"
+
+
+def test_a_gpu_job_ranks_offers_by_dtus_plus_gpus_per_hour() -> None:
+    # 1 DTU + 1 GPU: a costs 40 + 5 = 45 EUR/h, b costs 44 + 0.5 = 44.5 EUR/h -> b, though its DTU price is higher
+    a = offer(vendor="a", gpu=1, price_eur="40", gpu_price_eur="5")
+    b = offer(vendor="b", gpu=1, price_eur="44", gpu_price_eur="0.5")
+    match, _ = best_match(job(gpu=1, gpu_cap_eur=10), [a, b], NOW)
+    assert match is not None and match.offer.vendor == "b"
 
 
 def test_an_offer_priced_above_the_cap_is_excluded_for_price() -> None:
@@ -293,6 +308,9 @@ def feasible(req: JobRequest, o: Offer, now: datetime) -> bool:
         return False
     if o.price_micro_eur_per_dtu_hour > req.max_micro_eur_per_dtu_hour:
         return False
+    if res.gpu and (o.price_micro_eur_per_gpu_hour is None
+                    or o.price_micro_eur_per_gpu_hour > (req.max_micro_eur_per_gpu_hour or 0)):
+        return False
     start = max(now, o.available_from)
     end = start + timedelta(seconds=req.expected_duration_s)
     return end <= o.available_until and end <= req.not_after
@@ -347,7 +365,7 @@ def test_best_match_returns_the_cheapest_feasible_offer_or_explains_every_offer(
         return
     assert match is not None and reasons == []
     assert feasible(req, match.offer, NOW)  # never an offer that fails a constraint
-    assert match.offer.price_micro_eur_per_dtu_hour == min(o.price_micro_eur_per_dtu_hour for o in ok)
+    assert hourly_cost(req, match.offer) == min(hourly_cost(req, o) for o in ok)
     assert match.start_at == max(NOW, match.offer.available_from)
     assert match.end_at == match.start_at + timedelta(seconds=req.expected_duration_s)
     assert match.end_at <= req.not_after and match.end_at <= match.offer.available_until

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.settlement.domain import Charge, charge, hold_amount
+from services.settlement.domain import Charge, charge, gpu_micro_hours, hold_amount
 
 # --- hold ------------------------------------------------------------------------------------------------
 
@@ -167,3 +167,14 @@ def test_within_the_hold_the_charge_is_the_exactly_rounded_price_and_fee(hold: i
         assert (c.vendor, c.fee) == (vendor, hold - vendor)  # the fee is cut first
     else:
         assert (c.vendor, c.fee) == (hold, 0)
+
+
+def test_a_gpu_job_holds_its_gpu_cap_for_the_expected_hours_too() -> None:
+    # (50 EUR x 1 DTU + 3 EUR x 2 GPUs) x 1 h = 56 EUR
+    assert hold_amount(50_000_000, Decimal(1), 3600, 2, 3_000_000) == 56_000_000
+
+
+def test_gpu_hours_are_charged_at_the_gpu_price() -> None:
+    # 0.5 DTU-h x 45,000 + 1 GPU-h x 2,000,000 = 2,022,500; fee 2.5 % = 50,562.5 -> 50,563 (half up)
+    c = charge(53_000_000, 45_000, 500_000, 250, 2_000_000, gpu_micro_hours(1, 3600 * 10**6))
+    assert (c.vendor, c.fee, c.release) == (2_022_500, 50_563, 53_000_000 - 2_073_063)
