@@ -136,14 +136,26 @@ class Runtime:
         log.info("%s started: schema %s, %d consumers", s.name, s.schema, len(s.subscriptions))
 
     async def stop(self) -> None:
+        """Stop consuming and close; bounded, because a cancelled fetch in nats-py may not notice at once."""
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.close()  # consumers are stopped and every handled message acked already
+            await self.nc.close()  # every handled message is acked; a loop still fetching sees the close
+        pending = [t for t in self._tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=5.0)
+            if still:
+                log.warning("%s: %d tasks did not stop", self.service.name, len(still))
+        self._tasks.clear()
         if self.pool is not None:
-            await self.pool.close()
+            try:
+                await asyncio.wait_for(self.pool.close(), timeout=10.0)
+            except asyncio.TimeoutError:
+                self.pool.terminate()
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()

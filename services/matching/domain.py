@@ -75,12 +75,20 @@ def first_miss(req: JobRequest, offer: Offer, now: datetime) -> str | None:
     return None
 
 
-def best_match(req: JobRequest, offers: list[Offer], now: datetime) -> tuple[Match | None, list[ConstraintMiss]]:
+def best_match(req: JobRequest, offers: list[Offer], now: datetime,
+               by_price: bool = False) -> tuple[Match | None, list[ConstraintMiss]]:
     """The cheapest feasible offer by hourly cost (ties: earlier start, vendor, node, offer id), or why
-    none fits, per constraint."""
+    none fits, per constraint.
+
+    `by_price`: the offers come in ascending DTU price, so for a job without GPUs (whose hourly cost
+    follows the DTU price) the scan stops at the first price above the best feasible offer.
+    """
     misses: dict[str, list[Offer]] = {c: [] for c in CONSTRAINTS}
     best: Match | None = None
+    early_exit = by_price and not req.resources.gpu
     for o in offers:
+        if early_exit and best is not None and o.price_micro_eur_per_dtu_hour > best.offer.price_micro_eur_per_dtu_hour:
+            break
         miss = first_miss(req, o, now)
         if miss is not None:
             misses[miss].append(o)

@@ -85,7 +85,7 @@ async def _retry_waiting(tx: asyncpg.Connection, cause: Envelope[Any]) -> list[E
 async def _try_match(tx: asyncpg.Connection, cause: Envelope[Any], job_id: UUID, req: JobRequest,
                      offers: dict[UUID, Offer], now: datetime) -> Envelope[Any] | None:
     """Book the best offer for the job, keeping the in-memory book in step with the reservation."""
-    match, _ = domain.best_match(req, list(offers.values()), now)
+    match, _ = domain.best_match(req, list(offers.values()), now, by_price=True)
     if match is None:
         return None
     o = match.offer

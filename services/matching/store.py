@@ -38,7 +38,7 @@ async def load_offers(tx: asyncpg.Connection) -> dict[UUID, Offer]:
         "o.gpu_count - COALESCE(r.gpu, 0) AS free_gpu FROM offers o LEFT JOIN ("
         "  SELECT offer_id, sum(vcpu) AS vcpu, sum(memory_gib) AS mem, sum(gpu) AS gpu FROM reservations"
         "  WHERE released_at IS NULL GROUP BY offer_id) r USING (offer_id) "
-        "ORDER BY o.offer_id FOR UPDATE OF o")
+        "ORDER BY o.price_micro_eur_per_dtu_hour, o.offer_id FOR UPDATE OF o")  # best_match(by_price=True)
     return {r["offer_id"]: Offer(
         offer_id=r["offer_id"], vendor=r["vendor"], node=r["node"], region=r["region"], country=r["country"],
         eu=r["eu"], free_vcpu=r["free_vcpu"], free_memory_gib=r["free_mem"], free_gpu=r["free_gpu"],

@@ -389,3 +389,10 @@ def test_a_copy_of_an_offer_with_another_id_is_a_distinct_candidate() -> None:
     b = replace(a, offer_id=UUID(int=1))
     match, _ = best_match(job(), [a, b], NOW)
     assert match is not None and match.offer.offer_id == UUID(int=1)
+
+
+@given(jobs_st, st.lists(offers_st, max_size=12, unique_by=lambda o: o.offer_id))
+def test_scanning_offers_in_price_order_picks_the_same_winner_as_a_full_scan(req: JobRequest,
+                                                                            offers: list[Offer]) -> None:
+    by_price = sorted(offers, key=lambda o: (o.price_micro_eur_per_dtu_hour, o.offer_id))
+    assert best_match(req, by_price, NOW, by_price=True)[0] == best_match(req, offers, NOW)[0]
