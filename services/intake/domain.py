@@ -30,6 +30,22 @@ def status_of(env: Envelope[Any]) -> str | None:
     }.get(type(p))
 
 
+def facts_of(env: Envelope[Any]) -> dict[str, Any]:
+    """What an event adds to the job's row besides its status: where it runs, how it ended, what it cost."""
+    p = env.payload
+    if isinstance(p, JobMatched):
+        return {"vendor": p.vendor, "node": p.node}
+    if isinstance(p, WorkloadFinished):
+        return {"outcome": "finished"}
+    if isinstance(p, WorkloadFailed):
+        return {"outcome": "failed"}
+    if isinstance(p, JobExpired):
+        return {"outcome": "expired"}
+    if isinstance(p, ChargePosted):
+        return {"total_micro_eur": p.total_micro_eur}
+    return {}
+
+
 def describe(env: Envelope[Any]) -> str:
     """One line a consumer can read in `smctl describe job`: what happened and why."""
     p = env.payload

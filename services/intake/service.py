@@ -8,10 +8,7 @@ import asyncpg
 
 from libs.common.envelope import Envelope, derive
 from libs.common.events.intake import JobAccepted, JobRejected
-from libs.common.events.matching import JobExpired, JobMatched
-from libs.common.events.placement import WorkloadFailed, WorkloadFinished
 from libs.common.events.sdk import JobSubmitted
-from libs.common.events.settlement import ChargePosted
 from libs.common.ids import job_id
 from libs.common.manifest import FieldError, ManifestError, manifest_identity, validate_manifest
 from services.intake import domain, store
@@ -68,28 +65,21 @@ async def submit_jobs(tx: asyncpg.Connection, events: list[Envelope[JobSubmitted
 
 
 async def record_facts(tx: asyncpg.Connection, events: list[Envelope[Any]]) -> list[Envelope[Any]]:
-    """Fold later facts about jobs (from any service) into the lifecycle view and timeline."""
+    """Fold later facts about jobs (from any service) into the lifecycle view and timeline.
+
+    One statement per batch for each table; status updates go in job order, so intake's consumers,
+    which run side by side, always lock shared job rows in the same order.
+    """
     names = await store.job_names(tx, [e.correlation_id for e in events])
-    timeline: list[tuple[Any, ...]] = []
-    for ev in events:
-        if ev.correlation_id not in names:
-            continue  # not a job intake knows (e.g. an offer's fact)
-        tenant, name = names[ev.correlation_id]
+    known = [ev for ev in events if ev.correlation_id in names]  # others are not jobs (e.g. an offer's fact)
+    updates = []
+    for ev in sorted(known, key=lambda e: e.correlation_id):  # stable: a job's facts keep their order
         status = domain.status_of(ev)
         if status is not None:
-            p = ev.payload
-            fields: dict[str, Any] = {}
-            if isinstance(p, JobMatched):
-                fields = {"vendor": p.vendor, "node": p.node}
-            elif isinstance(p, (WorkloadFinished, WorkloadFailed)):
-                fields = {"outcome": "finished" if isinstance(p, WorkloadFinished) else "failed"}
-            elif isinstance(p, ChargePosted):
-                fields = {"total_micro_eur": p.total_micro_eur}
-            elif isinstance(p, (JobExpired,)):
-                fields = {"outcome": "expired"}
-            await store.advance(tx, ev.correlation_id, status, domain.RANK[status], ev.time, fields)
-        timeline.append((ev.correlation_id, tenant, name, ev.id, ev.time, ev.type, ev.source, domain.describe(ev)))
-    await store.add_timeline(tx, timeline)
+            f = domain.facts_of(ev)
+            updates.append((ev.correlation_id, status, domain.RANK[status], ev.time, f.get("vendor"), f.get("node"),
+                            f.get("outcome"), f.get("total_micro_eur")))
+    await store.advance_many(tx, updates)
+    await store.add_timeline(tx, [(ev.correlation_id, *names[ev.correlation_id], ev.id, ev.time, ev.type, ev.source,
+                                   domain.describe(ev)) for ev in known])
     return []
-
-

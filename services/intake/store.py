@@ -28,15 +28,16 @@ async def job_request(tx: asyncpg.Connection, tenant: str, name: str) -> tuple[s
     return row["status"], JobRequest.model_validate_json(row["request"])
 
 
-async def advance(tx: asyncpg.Connection, job_id: UUID, status: str, rank: int, at: datetime,
-                  fields: dict[str, Any]) -> None:
-    """Move a job's status forward (never back) and record facts such as vendor or total."""
-    sets = ", ".join(f"{k} = COALESCE(${i + 5}, {k})" for i, k in enumerate(fields))
-    await tx.execute(
+async def advance_many(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Move jobs' status forward (never back) and record facts such as vendor, outcome or total.
+
+    rows: (job_id, status, rank, at, vendor, node, outcome, total_micro_eur); None keeps a value.
+    """
+    await tx.executemany(
         "UPDATE jobs SET status = CASE WHEN status_rank < $3 THEN $2 ELSE status END, "
-        "status_rank = GREATEST(status_rank, $3), updated_at = GREATEST(updated_at, $4)"
-        + (f", {sets}" if sets else "") + " WHERE job_id = $1",
-        job_id, status, rank, at, *fields.values())
+        "status_rank = GREATEST(status_rank, $3), updated_at = GREATEST(updated_at, $4), "
+        "vendor = COALESCE($5, vendor), node = COALESCE($6, node), outcome = COALESCE($7, outcome), "
+        "total_micro_eur = COALESCE($8, total_micro_eur) WHERE job_id = $1", rows)
 
 
 async def add_timeline(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:

@@ -20,18 +20,17 @@ SOURCE = "placement"
 
 async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[JobMatched]]) -> list[Envelope[Any]]:
     """Record a workload per matched job and send the assignment to the vendor's subject."""
+    rows = [(derived_id(ev.id, "workload"), ev.payload.job_id, ev.payload.request.tenant, ev.payload.request.name,
+             ev.payload.vendor, ev.payload.node, ev.payload.request.resources.vcpu,
+             ev.payload.request.resources.memory_gib, ev.time) for ev in events]
+    created = await store.insert_workloads(tx, rows)
     out: list[Envelope[Any]] = []
-    for ev in events:
+    for ev, row in zip(events, rows, strict=True):
         p = ev.payload
-        workload_id = derived_id(ev.id, "workload")
-        created = await store.insert_workload(tx, {
-            "workload_id": workload_id, "job_id": p.job_id, "tenant": p.request.tenant, "name": p.request.name,
-            "vendor": p.vendor, "node": p.node, "vcpu": p.request.resources.vcpu,
-            "memory_gib": p.request.resources.memory_gib, "assigned_at": ev.time})
-        if not created:
+        if row[0] not in created:
             continue  # this job already has a workload
         out.append(derive(ev, WorkloadAssigned(
-            workload_id=workload_id, job_id=p.job_id, vendor=p.vendor, node=p.node, request=p.request,
+            workload_id=row[0], job_id=p.job_id, vendor=p.vendor, node=p.node, request=p.request,
             start_at=p.start_at, deadline=p.request.not_after), source=SOURCE, party=vendor_party(p.vendor)))
     return out
 

@@ -9,14 +9,19 @@ from uuid import UUID
 import asyncpg
 
 
-async def insert_workload(tx: asyncpg.Connection, row: dict[str, Any]) -> bool:
-    r = await tx.fetchrow(
-        "INSERT INTO workloads (workload_id, job_id, tenant, name, vendor, node, vcpu, memory_gib, status, "
-        "assigned_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'assigned', $9) ON CONFLICT DO NOTHING "
-        "RETURNING workload_id",
-        row["workload_id"], row["job_id"], row["tenant"], row["name"], row["vendor"], row["node"], row["vcpu"],
-        row["memory_gib"], row["assigned_at"])
-    return r is not None
+async def insert_workloads(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> set[UUID]:
+    """rows: (workload_id, job_id, tenant, name, vendor, node, vcpu, memory_gib, assigned_at).
+
+    Returns the workloads created now; a job that has one already keeps it.
+    """
+    if not rows:
+        return set()
+    inserted = await tx.fetch(
+        "INSERT INTO workloads (workload_id, job_id, tenant, name, vendor, node, vcpu, memory_gib, assigned_at, "
+        "status) SELECT *, 'assigned' FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], "
+        "$6::text[], $7::numeric[], $8::numeric[], $9::timestamptz[]) ON CONFLICT DO NOTHING RETURNING workload_id",
+        *[list(col) for col in zip(*rows, strict=True)])
+    return {r["workload_id"] for r in inserted}
 
 
 async def lock_workloads(tx: asyncpg.Connection, ids: list[UUID]) -> dict[UUID, asyncpg.Record]:

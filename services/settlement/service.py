@@ -34,21 +34,25 @@ def vendor_account(vendor: str) -> str:
 
 
 async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]]) -> list[Envelope[Any]]:
-    """Move cap x DTU rate x expected hours from the tenant's account into escrow for each matched job."""
-    out: list[Envelope[Any]] = []
-    transfers = []
+    """Move (caps x DTUs and GPUs) x expected hours from the tenant's account into escrow per matched job."""
+    rows = []
     for ev in events:
         p, r = ev.payload, ev.payload.request
-        gpus = r.resources.gpu
         amount = domain.hold_amount(r.max_micro_eur_per_dtu_hour, p.dtu_rate, r.expected_duration_s,
-                                    gpus, r.max_micro_eur_per_gpu_hour or 0)
-        if not await store.insert_hold(tx, p.job_id, r.tenant, r.name, p.vendor, amount,
-                                       p.price_micro_eur_per_dtu_hour, ev.time, gpus,
-                                       p.price_micro_eur_per_gpu_hour or 0):
+                                    r.resources.gpu, r.max_micro_eur_per_gpu_hour or 0)
+        rows.append((p.job_id, r.tenant, r.name, p.vendor, amount, p.price_micro_eur_per_dtu_hour, ev.time,
+                     r.resources.gpu, p.price_micro_eur_per_gpu_hour or 0))
+    held = await store.insert_holds(tx, rows)
+    out: list[Envelope[Any]] = []
+    transfers = []
+    for ev, row in zip(events, rows, strict=True):
+        job_id, tenant, amount = row[0], row[1], row[4]
+        if job_id not in held:
             continue
-        transfers.append((derived_id(ev.id, "transfer/hold"), tenant_account(r.tenant), escrow_account(r.tenant),
-                          amount, "hold", p.job_id, ev.id, ev.time))
-        out.append(derive(ev, FundsHeld(job_id=p.job_id, tenant=r.tenant, amount_micro_eur=amount), source=SOURCE))
+        held.discard(job_id)  # one hold per job, even if its match came twice in a batch
+        transfers.append((derived_id(ev.id, "transfer/hold"), tenant_account(tenant), escrow_account(tenant),
+                          amount, "hold", job_id, ev.id, ev.time))
+        out.append(derive(ev, FundsHeld(job_id=job_id, tenant=tenant, amount_micro_eur=amount), source=SOURCE))
     await store.post(tx, transfers)
     return out
 
@@ -59,6 +63,7 @@ async def settle_meters(tx: asyncpg.Connection, events: list[Envelope[MeterClose
     holds = await store.lock_holds(tx, [ev.payload.job_id for ev in events])
     out: list[Envelope[Any]] = []
     transfers = []
+    lines = []
     for ev in events:
         p = ev.payload
         h = holds.get(p.job_id)
@@ -66,6 +71,7 @@ async def settle_meters(tx: asyncpg.Connection, events: list[Envelope[MeterClose
             raise HoldMissing(f"no hold yet for job {p.job_id}")
         if h["status"] != "pending":
             continue
+        holds[p.job_id] = {**h, "status": "settled"}  # type: ignore[assignment]
         gpu_h = domain.gpu_micro_hours(h["gpus"], p.wall_us)
         c = domain.charge(h["amount"], h["price_micro_eur_per_dtu_hour"], p.dtu_micro_hours, fee_bps,
                           h["price_micro_eur_per_gpu_hour"], gpu_h)
@@ -77,17 +83,16 @@ async def settle_meters(tx: asyncpg.Connection, events: list[Envelope[MeterClose
             (derived_id(ev.id, "transfer/release"), escrow, tenant_account(h["tenant"]), c.release, "release",
              p.job_id, ev.id, ev.time),
         ]
-        await store.settle_hold(tx, p.job_id)
-        await store.insert_invoice_line(tx, {
-            "job_id": p.job_id, "tenant": h["tenant"], "name": h["name"], "vendor": h["vendor"],
-            "dtu_micro_hours": p.dtu_micro_hours, "price": h["price_micro_eur_per_dtu_hour"],
-            "gpu_micro_hours": gpu_h, "gpu_price": h["price_micro_eur_per_gpu_hour"],
-            "vendor_micro_eur": c.vendor, "fee_micro_eur": c.fee, "total_micro_eur": c.total, "at": ev.time})
+        lines.append((p.job_id, h["tenant"], h["name"], h["vendor"], p.dtu_micro_hours,
+                      h["price_micro_eur_per_dtu_hour"], gpu_h, h["price_micro_eur_per_gpu_hour"], c.vendor, c.fee,
+                      c.total, ev.time))
         out.append(derive(ev, ChargePosted(
             job_id=p.job_id, tenant=h["tenant"], name=h["name"], vendor=h["vendor"],
             dtu_micro_hours=p.dtu_micro_hours, price_micro_eur_per_dtu_hour=h["price_micro_eur_per_dtu_hour"],
             vendor_micro_eur=c.vendor, fee_micro_eur=c.fee, total_micro_eur=c.total), source=SOURCE))
         out.append(derive(ev, HoldReleased(job_id=p.job_id, tenant=h["tenant"], amount_micro_eur=c.release),
                           source=SOURCE))
+    await store.settle_holds(tx, [line[0] for line in lines])
+    await store.insert_invoice_lines(tx, lines)
     await store.post(tx, transfers)
     return out

@@ -33,14 +33,19 @@ async def post(tx: asyncpg.Connection, transfers: list[tuple[UUID, str, str, int
     await tx.executemany("UPDATE accounts SET balance = balance + $2 WHERE name = $1", sorted(delta.items()))
 
 
-async def insert_hold(tx: asyncpg.Connection, job_id: UUID, tenant: str, name: str, vendor: str, amount: int,
-                      price: int, at: datetime, gpus: int, gpu_price: int) -> bool:
-    r = await tx.fetchrow(
-        "INSERT INTO holds (job_id, tenant, name, vendor, amount, price_micro_eur_per_dtu_hour, status, held_at, "
-        "gpus, price_micro_eur_per_gpu_hour) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9) "
-        "ON CONFLICT DO NOTHING RETURNING job_id",
-        job_id, tenant, name, vendor, amount, price, at, gpus, gpu_price)
-    return r is not None
+async def insert_holds(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> set[UUID]:
+    """rows: (job_id, tenant, name, vendor, amount, price per DTU-h, held_at, gpus, price per GPU-h).
+
+    Returns the jobs held now; a job held before keeps its hold.
+    """
+    if not rows:
+        return set()
+    inserted = await tx.fetch(
+        "INSERT INTO holds (job_id, tenant, name, vendor, amount, price_micro_eur_per_dtu_hour, held_at, gpus, "
+        "price_micro_eur_per_gpu_hour, status) SELECT *, 'pending' FROM unnest($1::uuid[], $2::text[], $3::text[], "
+        "$4::text[], $5::bigint[], $6::bigint[], $7::timestamptz[], $8::int[], $9::bigint[]) "
+        "ON CONFLICT DO NOTHING RETURNING job_id", *[list(col) for col in zip(*rows, strict=True)])
+    return {r["job_id"] for r in inserted}
 
 
 async def lock_holds(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
@@ -48,15 +53,17 @@ async def lock_holds(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, 
     return {r["job_id"]: r for r in rows}
 
 
-async def settle_hold(tx: asyncpg.Connection, job_id: UUID) -> None:
-    await tx.execute("UPDATE holds SET status = 'settled' WHERE job_id = $1", job_id)
+async def settle_holds(tx: asyncpg.Connection, job_ids: list[UUID]) -> None:
+    await tx.execute("UPDATE holds SET status = 'settled' WHERE job_id = ANY($1::uuid[])", job_ids)
 
 
-async def insert_invoice_line(tx: asyncpg.Connection, line: dict[str, Any]) -> None:
-    await tx.execute(
+async def insert_invoice_lines(tx: asyncpg.Connection, lines: list[tuple[Any, ...]]) -> None:
+    """lines: (job_id, tenant, name, vendor, dtu_micro_hours, price per DTU-h, gpu_micro_hours, price per GPU-h,
+    vendor_micro_eur, fee_micro_eur, total_micro_eur, at)."""
+    await tx.executemany(
         "INSERT INTO invoice_lines (job_id, tenant, name, vendor, dtu_micro_hours, price_micro_eur_per_dtu_hour, "
         "gpu_micro_hours, price_micro_eur_per_gpu_hour, vendor_micro_eur, fee_micro_eur, total_micro_eur, at) "
-        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING", *line.values())
+        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING", lines)
 
 
 async def invoice(con: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:
