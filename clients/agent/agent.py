@@ -129,8 +129,9 @@ class Agent:
 
         def ev(payload: Payload, key: str) -> Envelope[Any]:
             # ids derive from the workload, so a re-sent report or sample is dropped by the stream
-            return new_envelope(payload, source="agent", party=party, correlation_id=p.job_id,
-                                id=uuid5(wid, key), causation_id=assigned.id)
+            env = new_envelope(payload, source="agent", party=party, correlation_id=p.job_id,
+                               id=uuid5(wid, key), causation_id=assigned.id)
+            return env.model_copy(update={"traceparent": assigned.traceparent})  # the job's trace goes on
 
         now = datetime.now(timezone.utc)
         await self.publish(ev(WorkloadReported(workload_id=wid, job_id=p.job_id, vendor=vendor, status="running",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -78,13 +79,24 @@ def format_dtu_hours(dtu_micro_hours: int | str | Decimal) -> str:
 
 class _ManifestLoader(yaml.SafeLoader):
     """SafeLoader that keeps timestamps as the strings the user wrote: intake parses them, and
-    `notAfter: 2025-03-25T08:25:58Z` travels exactly as written (no local-time or naive surprises)."""
+    `notAfter: 2025-03-25T08:25:58Z` travels exactly as written (no local-time or naive surprises).
+    It refuses aliases: a few bytes of nested aliases can expand to gigabytes ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted in a manifest",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 _ManifestLoader.yaml_implicit_resolvers = {
     ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+MAX_FILE_BYTES = 1024 * 1024  # intake accepts at most 64 KiB per manifest; a file may hold several
 
 
 def load_manifests(path: str | Path) -> list[dict[str, Any]]:
@@ -95,6 +107,8 @@ def load_manifests(path: str | Path) -> list[dict[str, Any]]:
     """
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+            raise ManifestFileError(f"{p}: is {p.stat().st_size} bytes; a manifest file is at most {MAX_FILE_BYTES}")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestFileError(f"{p}: no such file") from None
@@ -243,6 +257,8 @@ class Exchange:
         try:
             payload = JobSubmitted(manifest=manifest)
             env = new_envelope(payload, source="sdk", party=party, correlation_id=correlation)
+            # the job's trace starts here; every event it causes carries the same trace id
+            env = env.model_copy(update={"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"})
             env.to_bytes()  # fail here, not half-way, on values that have no JSON form
         except (ValidationError, ValueError, TypeError) as e:
             raise ExchangeError(f"manifest cannot be sent as JSON: {e}") from None
