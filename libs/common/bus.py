@@ -35,7 +35,7 @@ from libs.common.streams import ConsumerSpec, ensure_streams
 log = logging.getLogger(__name__)
 
 Handler = Callable[[asyncpg.Connection, list[Envelope[Any]]], Awaitable[list[Envelope[Any]]]]
-QueryHandler = Callable[[asyncpg.Pool, dict[str, Any]], Awaitable[Any]]
+QueryHandler = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[Any]]  # (connection, request) -> reply
 
 
 class PermanentError(Exception):
@@ -257,7 +257,7 @@ class Runtime:
             log.warning("%s: %s failed (delivery %d): %r; will retry", sub.consumer.durable, ctx, delivered, e)
             await m.nak(delay=min(0.5 * 2 ** (delivered - 1), 30.0))
 
-    async def _health(self, pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
+    async def _health(self, con: asyncpg.Connection, req: dict[str, Any]) -> Any:
         return {"service": self.service.name, "schema": self.service.schema,
                 "outbox_published": self.relay.published if self.relay else 0}
 
@@ -268,7 +268,8 @@ class Runtime:
             assert self.pool is not None
             try:
                 req = json.loads(msg.data) if msg.data else {}
-                body: Any = {"ok": True, "result": await handler(self.pool, req)}
+                async with self.pool.acquire() as con:
+                    body: Any = {"ok": True, "result": await handler(con, req)}
             except Exception as e:
                 log.exception("query %s failed", msg.subject)
                 body = {"ok": False, "error": f"{type(e).__name__}: {e}"}

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import asyncpg
 
 from libs.common import streams
 from libs.common.bus import Service, Subscription
 from services.intake import service, store
 from services.intake.settings import IntakeSettings
-
-
-async def q_jobs(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-    async with pool.acquire() as con:
-        return await store.list_jobs(con, req.get("tenant"))
-
-
-async def q_job(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-    async with pool.acquire() as con:
-        return await store.get_job(con, str(req["tenant"]), str(req["name"]))
 
 
 def create_service(settings: IntakeSettings) -> Service:
@@ -35,5 +22,6 @@ def create_service(settings: IntakeSettings) -> Service:
             Subscription(streams.INTAKE_METERING, service.record_facts),
             Subscription(streams.INTAKE_SETTLEMENT, service.record_facts),
         ],
-        queries={"jobs": q_jobs, "job": q_job},
+        queries={"jobs": lambda con, req: store.list_jobs(con, req.get("tenant")),
+                 "job": lambda con, req: store.get_job(con, str(req["tenant"]), str(req["name"]))},
     )

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import asyncpg
 
 from libs.common import streams
 from libs.common.bus import Service, Subscription
 from services.matching import service, store
 from services.matching.settings import MatchingSettings
-
-
-async def q_offers(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-    async with pool.acquire() as con:
-        return await store.list_offers(con, req.get("vendor"), req.get("region"))
-
-
-async def q_vendors(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-    async with pool.acquire() as con:
-        return await store.list_vendors(con)
 
 
 def create_service(settings: MatchingSettings) -> Service:
@@ -34,6 +21,7 @@ def create_service(settings: MatchingSettings) -> Service:
             Subscription(streams.MATCHING_WORKLOAD_FINISHED, service.release_capacity),
             Subscription(streams.MATCHING_WORKLOAD_FAILED, service.release_capacity),
         ],
-        queries={"offers": q_offers, "vendors": q_vendors},
+        queries={"offers": lambda con, req: store.list_offers(con, req.get("vendor"), req.get("region")),
+                 "vendors": lambda con, req: store.list_vendors(con)},
         serialize=True,  # one writer decides the book: no capacity is booked twice
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -10,7 +11,7 @@ import asyncpg
 
 from libs.common.events.agent import OfferPublished
 from libs.common.manifest import JobRequest
-from services.matching.domain import Offer
+from services.matching.domain import Offer, region_matches
 
 
 async def upsert_offers(tx: asyncpg.Connection, offers: list[tuple[OfferPublished, datetime]]) -> None:
@@ -31,13 +32,23 @@ async def upsert_offers(tx: asyncpg.Connection, offers: list[tuple[OfferPublishe
          for o, at in offers])
 
 
+# the capacity held by active reservations, per offer
+_RESERVED = ("LEFT JOIN (SELECT offer_id, sum(vcpu) AS vcpu, sum(memory_gib) AS mem, sum(gpu) AS gpu "
+             "FROM reservations WHERE released_at IS NULL GROUP BY offer_id) r USING (offer_id)")
+
+
+@dataclass(frozen=True)
+class _Where:
+    region: str
+    country: str
+    eu: bool
+
+
 async def load_offers(tx: asyncpg.Connection) -> dict[UUID, Offer]:
     """Every offer with its free capacity (its resources less the active reservations on it)."""
     rows = await tx.fetch(
         "SELECT o.*, o.vcpu - COALESCE(r.vcpu, 0) AS free_vcpu, o.memory_gib - COALESCE(r.mem, 0) AS free_mem, "
-        "o.gpu_count - COALESCE(r.gpu, 0) AS free_gpu FROM offers o LEFT JOIN ("
-        "  SELECT offer_id, sum(vcpu) AS vcpu, sum(memory_gib) AS mem, sum(gpu) AS gpu FROM reservations"
-        "  WHERE released_at IS NULL GROUP BY offer_id) r USING (offer_id) "
+        f"o.gpu_count - COALESCE(r.gpu, 0) AS free_gpu FROM offers o {_RESERVED} "
         "ORDER BY o.price_micro_eur_per_dtu_hour, o.offer_id FOR UPDATE OF o")  # best_match(by_price=True)
     return {r["offer_id"]: Offer(
         offer_id=r["offer_id"], vendor=r["vendor"], node=r["node"], region=r["region"], country=r["country"],
@@ -80,31 +91,24 @@ async def release(tx: asyncpg.Connection, job_ids: list[UUID], at: datetime) -> 
 
 
 async def list_offers(con: asyncpg.Connection, vendor: str | None, region: str | None) -> list[dict[str, Any]]:
-    offers = await load_offers_readonly(con)
-    rows = [o for o in offers
-            if (vendor is None or o["vendor"] == vendor)
-            and (region is None or region.lower() in (o["region"].lower(), o["country"].lower())
-                 or (region.lower() == "eu" and o["eu"]))]
-    return rows
-
-
-async def load_offers_readonly(con: asyncpg.Connection) -> list[dict[str, Any]]:
+    """The book as a trader reads it, cheapest first, with each offer's free capacity."""
     rows = await con.fetch(
         "SELECT o.offer_id, o.vendor, o.node, o.region, o.country, o.eu, o.vcpu, o.memory_gib, o.gpu_count, "
         "o.gpu_model, o.price_micro_eur_per_dtu_hour, o.price_micro_eur_per_gpu_hour, o.available_from, "
-        "o.available_until, o.illustrative, "
-        "o.vcpu - COALESCE(r.vcpu, 0) AS free_vcpu, o.memory_gib - COALESCE(r.mem, 0) AS free_memory_gib "
-        "FROM offers o LEFT JOIN (SELECT offer_id, sum(vcpu) AS vcpu, sum(memory_gib) AS mem FROM reservations "
-        "WHERE released_at IS NULL GROUP BY offer_id) r USING (offer_id) "
-        "ORDER BY o.price_micro_eur_per_dtu_hour, o.vendor, o.node")
-    return [dict(r) for r in rows]
+        "o.available_until, o.illustrative, o.vcpu - COALESCE(r.vcpu, 0) AS free_vcpu, "
+        f"o.memory_gib - COALESCE(r.mem, 0) AS free_memory_gib FROM offers o {_RESERVED} "
+        "WHERE ($1::text IS NULL OR o.vendor = $1) "
+        "ORDER BY o.price_micro_eur_per_dtu_hour, o.vendor, o.node", vendor)
+    offers = [dict(r) for r in rows]
+    if region is None:
+        return offers
+    return [o for o in offers if region_matches(region, _Where(o["region"], o["country"], o["eu"]))]
 
 
 async def list_vendors(con: asyncpg.Connection) -> list[dict[str, Any]]:
     rows = await con.fetch(
         "SELECT o.vendor, min(o.region) AS region, min(o.country) AS country, bool_and(o.eu) AS eu, "
         "count(*) AS offers, min(o.price_micro_eur_per_dtu_hour) AS min_price_micro_eur_per_dtu_hour, "
-        "sum(o.vcpu) - COALESCE(sum(r.vcpu), 0) AS free_vcpu "
-        "FROM offers o LEFT JOIN (SELECT offer_id, sum(vcpu) AS vcpu FROM reservations "
-        "WHERE released_at IS NULL GROUP BY offer_id) r USING (offer_id) GROUP BY o.vendor ORDER BY o.vendor")
+        f"sum(o.vcpu) - COALESCE(sum(r.vcpu), 0) AS free_vcpu FROM offers o {_RESERVED} "
+        "GROUP BY o.vendor ORDER BY o.vendor")
     return [dict(r) for r in rows]

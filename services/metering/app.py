@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import asyncpg
 
 from libs.common import streams
 from libs.common.bus import Service, Subscription
 from services.metering import service, store
 from services.metering.settings import MeteringSettings
-
-
-async def q_meters(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-    async with pool.acquire() as con:
-        return await store.list_meters(con)
 
 
 def create_service(settings: MeteringSettings) -> Service:
@@ -29,5 +21,5 @@ def create_service(settings: MeteringSettings) -> Service:
             Subscription(streams.METERING_WORKLOAD_FINISHED, service.end_meters),
             Subscription(streams.METERING_WORKLOAD_FAILED, service.end_meters),
         ],
-        queries={"meters": q_meters},
+        queries={"meters": lambda con, req: store.list_meters(con)},
     )

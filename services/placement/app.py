@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import asyncpg
 
 from libs.common import streams
 from libs.common.bus import Service, Subscription
 from services.placement import service, store
 from services.placement.settings import PlacementSettings
-
-
-async def q_workloads(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-    async with pool.acquire() as con:
-        return await store.list_workloads(con)
 
 
 def create_service(settings: PlacementSettings) -> Service:
@@ -27,5 +19,5 @@ def create_service(settings: PlacementSettings) -> Service:
             Subscription(streams.PLACEMENT_JOB_MATCHED, service.place_jobs),
             Subscription(streams.PLACEMENT_WORKLOAD_REPORTED, service.follow_reports),
         ],
-        queries={"workloads": q_workloads},
+        queries={"workloads": lambda con, req: store.list_workloads(con)},
     )

@@ -17,15 +17,13 @@ from services.settlement.settings import SettlementSettings
 def create_service(settings: SettlementSettings) -> Service:
     fee_bps = settings.settlement_fee_bps
 
-    async def q_invoice(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-        async with pool.acquire() as con:
-            lines = await store.invoice(con, str(req["tenant"]))
+    async def q_invoice(con: asyncpg.Connection, req: dict[str, Any]) -> Any:
+        lines = await store.invoice(con, str(req["tenant"]))
         return {"tenant": req["tenant"], "fee_bps": fee_bps, "lines": lines,
                 "total_micro_eur": sum(line["total_micro_eur"] for line in lines)}
 
-    async def q_ledger_check(pool: asyncpg.Pool, req: dict[str, Any]) -> Any:
-        async with pool.acquire() as con:
-            checks = await store.check(con)
+    async def q_ledger_check(con: asyncpg.Connection, req: dict[str, Any]) -> Any:
+        checks = await store.check(con)
         return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
     return Service(
