@@ -32,6 +32,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError as JsNotFoundError
 from pydantic import ValidationError
 
 from libs.common import subjects
@@ -43,6 +44,7 @@ from libs.common.manifest import MICRO, FieldError, manifest_identity
 from libs.common.streams import ensure_streams
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DLQ_STREAM = "DLQ"
 NOT_RUNNING = "is the exchange running? (smctl up)"
 SERVICES = ("intake", "matching", "placement", "metering", "settlement")
 JOB_STATUSES = ("accepted", "waiting", "matched", "placed", "running", "finished", "failed", "metered",
@@ -405,6 +407,51 @@ class Exchange:
 
     async def invoice(self, tenant: str) -> dict[str, Any]:
         return await self.query("settlement", "invoice", tenant=tenant)
+
+    # -- operator: dead letters -----------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest dead letters (up to `limit`), oldest first: where each came from and why."""
+        try:
+            info = await self.js.stream_info(DLQ_STREAM)
+        except JsNotFoundError:
+            return []
+        out: list[dict[str, Any]] = []
+        seq = info.state.last_seq
+        while seq >= info.state.first_seq and len(out) < limit:
+            letter = await self.dead_letter(seq)
+            if letter is not None:
+                out.append(letter)
+            seq -= 1
+        return out[::-1]
+
+    async def dead_letter(self, seq: int) -> dict[str, Any] | None:
+        """One dead letter by its sequence in the DLQ stream, with the original message's body."""
+        try:
+            msg = await self.js.get_msg(DLQ_STREAM, seq)
+        except JsNotFoundError:
+            return None
+        h = msg.headers or {}
+        return {"seq": seq, "subject": msg.subject, "consumer": h.get("Strongmoose-Consumer", ""),
+                "error": h.get("Strongmoose-Error", ""), "original_subject": h.get("Strongmoose-Subject", ""),
+                "original_stream": h.get("Strongmoose-Stream", ""),
+                "original_seq": int(h["Strongmoose-Stream-Seq"]) if "Strongmoose-Stream-Seq" in h else None,
+                "time": msg.time,
+                "body": (msg.data or b"").decode(errors="replace")}
+
+    async def redrive(self, seq: int) -> dict[str, Any]:
+        """Publish a dead letter's message again on its original subject, then remove the letter.
+
+        The consumer sees it as new delivery; its inbox still keeps an event applied only once.
+        """
+        msg = await self.js.get_msg(DLQ_STREAM, seq)
+        h = msg.headers or {}
+        subject = h.get("Strongmoose-Subject")
+        if not subject:
+            raise ExchangeError(f"dead letter {seq} does not name its original subject")
+        ack = await self.js.publish(subject, msg.data or b"", headers={"Nats-Msg-Id": f"redrive:{seq}:{uuid4()}"})
+        await self.js.delete_msg(DLQ_STREAM, seq)
+        return {"seq": seq, "subject": subject, "stream": ack.stream, "new_seq": ack.seq}
 
     async def ledger_check(self) -> dict[str, Any]:
         return await self.query("settlement", "ledger_check")

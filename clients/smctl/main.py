@@ -48,6 +48,11 @@ app = typer.Typer(
 )
 ledger_app = typer.Typer(help="Audit the settlement ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+ops_app = typer.Typer(help="Operate the exchange: dead letters.", no_args_is_help=True)
+app.add_typer(ops_app, name="ops")
+dlq_app = typer.Typer(help="Messages a service could not apply, with the reason: list, show, redrive.",
+                      no_args_is_help=True)
+ops_app.add_typer(dlq_app, name="dlq")
 
 
 @dataclass
@@ -398,3 +403,58 @@ def demo(
 
 if __name__ == "__main__":
     app()
+
+
+@dlq_app.command("list")
+@cli_errors
+def dlq_list(ctx: typer.Context, limit: Annotated[int, typer.Option("--limit", help="The newest N.")] = 50,
+             output: OutputOpt = Output.table) -> None:
+    """Dead letters: which consumer refused which message, and why."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.dead_letters(limit)
+
+    letters = run(go())
+    if output is not Output.table:
+        render.emit_data(console, [{k: v for k, v in d.items() if k != "body"} for d in letters], output)
+        return
+    table = Table(title=f"dead letters ({len(letters)})", title_justify="left")
+    for col in ("SEQ", "CONSUMER", "ORIGINAL SUBJECT", "STREAM SEQ", "ERROR"):
+        table.add_column(col, overflow="fold")
+    for d in letters:
+        table.add_row(str(d["seq"]), d["consumer"], d["original_subject"],
+                      f"{d['original_stream']} {d['original_seq'] or ''}".strip(), escape(d["error"]))
+    console.print(table)
+
+
+@dlq_app.command("show")
+@cli_errors
+def dlq_show(ctx: typer.Context, seq: int, output: OutputOpt = Output.yaml) -> None:
+    """One dead letter with the message body as it was published."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.dead_letter(seq)
+
+    letter = run(go())
+    if letter is None:
+        raise CliError(f"no dead letter {seq}")
+    render.emit_data(console, letter, Output.json if output is Output.json else Output.yaml)
+
+
+@dlq_app.command("redrive")
+@cli_errors
+def dlq_redrive(ctx: typer.Context, seqs: Annotated[Optional[list[int]], typer.Argument(help="Sequences.")] = None,
+                all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False) -> None:
+    """Publish dead letters again on their original subjects (after fixing the cause), and remove them."""
+    if not seqs and not all_:
+        raise CliError("name the dead letters to redrive (see `smctl ops dlq list`), or --all")
+
+    async def go() -> list[dict[str, Any]]:
+        async with await connect(ctx) as ex:
+            todo = [d["seq"] for d in await ex.dead_letters(10_000)] if all_ else list(seqs or [])
+            return [await ex.redrive(s) for s in todo]
+
+    for r in run(go()):
+        console.print(f"redrove {r['seq']} to {r['subject']} ({r['stream']} seq {r['new_seq']})")
