@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -23,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from clients.agent.catalog import CatalogOffer, demo_offers
-from clients.agent.runner import Usage, map_path, run_process
+from clients.agent.runner import Usage, map_path, run_process, stop_leftover
 from clients.agent.settings import AgentSettings
 from libs.common import subjects
 from libs.common.envelope import Envelope, InvalidEvent, Payload, new_envelope, parse_envelope
@@ -33,6 +34,9 @@ from libs.common.ids import offer_id
 from libs.common.streams import ensure_streams
 
 log = logging.getLogger("agent")
+
+# a workload's folder under <state>/workloads/<id>: what the agent took on, how far it reported, whether it ended
+ASSIGNMENT, SEQ, ENDED = "assignment.json", "seq", "ended"
 
 
 def offer_event(o: CatalogOffer, now: datetime, window_days: int) -> Envelope[Any]:
@@ -84,6 +88,7 @@ class Agent:
                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         self.js = self.nc.jetstream()
         await ensure_streams(self.js)
+        await self.recover()
         await self.publish_offers()
         config = ConsumerConfig(
             durable_name=f"agent-{self.settings.name}", ack_policy=AckPolicy.EXPLICIT,
@@ -117,21 +122,54 @@ class Agent:
             await m.term()
             return
         p: WorkloadAssigned = env.payload
-        if p.workload_id not in self.running:
+        workdir = self.workdir(p.workload_id)
+        if p.workload_id not in self.running and not (workdir / ASSIGNMENT).exists():
+            # kept before the ack: a restarted agent knows what it had taken on
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / ASSIGNMENT).write_bytes(m.data)
             self.running[p.workload_id] = asyncio.create_task(self.run_workload(env))
         await m.ack()
+
+    def workdir(self, workload_id: UUID) -> Path:
+        return self.settings.state_dir.resolve() / "workloads" / str(workload_id)
+
+    async def recover(self) -> None:
+        """Workloads a previous run of this agent took on but never reported ended: the agent died with
+        them. Stop what is left of them and report them failed, so the job ends and its money settles."""
+        root = self.settings.state_dir.resolve() / "workloads"
+        for workdir in sorted(root.glob("*")) if root.exists() else []:
+            if not (workdir / ASSIGNMENT).exists() or (workdir / ENDED).exists():
+                continue
+            assigned = parse_envelope((workdir / ASSIGNMENT).read_bytes())
+            p: WorkloadAssigned = assigned.payload
+            if p.vendor not in self.vendors:
+                continue
+            stopped = stop_leftover(workdir)
+            seq = int((workdir / SEQ).read_text()) if (workdir / SEQ).exists() else None
+            await self.publish(self._event(assigned, WorkloadReported(
+                workload_id=p.workload_id, job_id=p.job_id, vendor=p.vendor, status="failed",
+                at=datetime.now(timezone.utc), message="the vendor agent restarted while the workload ran"
+                + ("; its processes were stopped" if stopped else ""), last_usage_seq=seq), "report/end"))
+            (workdir / ENDED).write_text("recovered")
+            log.warning("workload %s was interrupted by an agent restart: reported failed", p.workload_id)
+
+    @staticmethod
+    def _event(assigned: Envelope[Any], payload: Payload, key: str) -> Envelope[Any]:
+        """An event about an assigned workload: ids derive from the workload, so a re-sent report or
+        sample is dropped by the stream; the job's trace goes on."""
+        p: WorkloadAssigned = assigned.payload
+        env = new_envelope(payload, source="agent", party=subjects.vendor_party(p.vendor), correlation_id=p.job_id,
+                           id=uuid5(p.workload_id, key), causation_id=assigned.id)
+        return env.model_copy(update={"traceparent": assigned.traceparent})
 
     async def run_workload(self, assigned: Envelope[Any]) -> None:
         p: WorkloadAssigned = assigned.payload
         vendor, wid = p.vendor, p.workload_id
-        party = subjects.vendor_party(vendor)
+        workdir = self.workdir(wid)
         seq = 0
 
         def ev(payload: Payload, key: str) -> Envelope[Any]:
-            # ids derive from the workload, so a re-sent report or sample is dropped by the stream
-            env = new_envelope(payload, source="agent", party=party, correlation_id=p.job_id,
-                               id=uuid5(wid, key), causation_id=assigned.id)
-            return env.model_copy(update={"traceparent": assigned.traceparent})  # the job's trace goes on
+            return self._event(assigned, payload, key)
 
         now = datetime.now(timezone.utc)
         await self.publish(ev(WorkloadReported(workload_id=wid, job_id=p.job_id, vendor=vendor, status="running",
@@ -151,8 +189,8 @@ class Agent:
                                                tenant=p.request.tenant, seq=seq, at=datetime.now(timezone.utc),
                                                cpu_us=u.cpu_us, wall_us=u.wall_us, rss_peak_bytes=u.rss_peak_bytes),
                                   f"usage/{seq}"))
+            (workdir / SEQ).write_text(str(seq))
 
-        workdir = self.settings.state_dir.resolve() / "workloads" / str(wid)
         log.info("running workload %s of %s/%s on %s: %s", wid, p.request.tenant, p.request.name, vendor, command)
         outcome = await run_process(command, env, workdir, timeout, sample, self.settings.sample_interval_s)
         ok = outcome.exit_code == 0
@@ -160,6 +198,7 @@ class Agent:
             workload_id=wid, job_id=p.job_id, vendor=vendor, status="succeeded" if ok else "failed",
             at=datetime.now(timezone.utc), exit_code=outcome.exit_code, message=outcome.message,
             last_usage_seq=seq or None), "report/end"))
+        (workdir / ENDED).write_text(str(outcome.exit_code))
         log.info("workload %s ended: exit %s, cpu %.3f s, peak %d MiB", wid, outcome.exit_code,
                  outcome.usage.cpu_us / 1e6, outcome.usage.rss_peak_bytes // 2**20)
 

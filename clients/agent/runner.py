@@ -19,6 +19,20 @@ from typing import Awaitable, Callable
 
 import psutil
 
+PID_FILE = "pid"
+
+
+def stop_leftover(workdir: Path) -> bool:
+    """Kill the process session a previous agent started in `workdir`, if it still runs there."""
+    try:
+        pid = int((workdir / PID_FILE).read_text())
+        if Path(psutil.Process(pid).cwd()) != workdir:
+            return False  # the pid was reused by something else
+        os.killpg(pid, signal.SIGKILL)
+        return True
+    except (FileNotFoundError, ValueError, psutil.Error, ProcessLookupError, PermissionError):
+        return False
+
 
 @dataclass
 class Usage:
@@ -52,6 +66,7 @@ async def run_process(command: list[str], env: dict[str, str], workdir: Path, ti
             proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=out, stderr=err, start_new_session=True)
         except OSError as e:
             return Outcome(None, Usage(0, 0, 0), f"could not start {command[0]!r}: {e}")
+    (workdir / PID_FILE).write_text(str(proc.pid))  # so a restarted agent can stop what it left running
     peak = 0
     last = Usage(0, 0, 0)
     waiter = asyncio.ensure_future(asyncio.to_thread(os.wait4, proc.pid, 0))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from clients.agent.agent import Agent
@@ -77,3 +79,45 @@ async def test_a_job_whose_process_fails_is_reported_failed_and_still_settles(
         serving.cancel()
         assert agent.nc is not None
         await agent.nc.close()
+
+
+async def test_a_workload_interrupted_by_an_agent_crash_is_stopped_and_reported_failed_on_restart(
+        exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
+    first = Agent(AgentSettings(nats_url=infra.nats_url, vendors="safespring", state_dir=tmp_path,
+                                heartbeat_s=3600, sample_interval_s=0.1))
+    await first.start()
+    serving = asyncio.create_task(first.serve())
+    doc = {
+        "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
+        "metadata": {"name": "long", "namespace": "xyz"},
+        "spec": {"notAfter": (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(), "maxEuroPerDTU": 1,
+                 "command": ["python3", "-c", "import time; time.sleep(120)"]},
+    }
+    await exchange.publish(new_envelope(JobSubmitted(manifest=doc), source="sdk", party="t-xyz",
+                                        correlation_id=job_id("xyz", "long")))
+    await exchange.wait_status("xyz", "long", "running")
+    [workload] = await exchange.query("placement", "workloads")
+    pid = int((tmp_path / "workloads" / workload["workload_id"] / "pid").read_text())
+    # the agent dies: its tasks stop without a word, its nats connection drops, the process lives on
+    serving.cancel()
+    for task in first.running.values():
+        task.cancel()
+    assert first.nc is not None
+    await first.nc.close()
+    assert psutil.pid_exists(pid)
+
+    second = Agent(AgentSettings(nats_url=infra.nats_url, vendors="safespring", state_dir=tmp_path,
+                                 heartbeat_s=3600, sample_interval_s=0.1))
+    await second.start()  # recovers before it serves
+    try:
+        job = await exchange.wait_status("xyz", "long", "settled")
+        assert job["outcome"] == "failed"
+        failed = next(t for t in job["timeline"] if t["type"] == "WorkloadFailed")
+        assert "agent restarted" in failed["detail"] and "stopped" in failed["detail"]
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert (await exchange.query("settlement", "ledger_check"))["ok"]
+        offers = await exchange.query("matching", "offers", vendor="safespring")
+        assert all(Decimal(str(o["free_vcpu"])) == Decimal(str(o["vcpu"])) for o in offers)  # capacity returned
+    finally:
+        assert second.nc is not None
+        await second.nc.close()
