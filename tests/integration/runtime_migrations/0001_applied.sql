@@ -1,0 +1,1 @@
+CREATE TABLE applied (event_id uuid PRIMARY KEY, n int NOT NULL);
