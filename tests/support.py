@@ -56,9 +56,13 @@ class Exchange:
         return await self.query("intake", "job", tenant=tenant, name=name)
 
     async def wait_status(self, tenant: str, name: str, *statuses: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for the job's status; "settled" also waits for its outcome, which intake learns from
+        another stream (placement's) and so may fold in after the charge."""
         async def check() -> Any:
             j = await self.job(tenant, name)
-            return j if j and j["status"] in statuses else None
+            if not j or j["status"] not in statuses:
+                return None
+            return None if j["status"] == "settled" and not j.get("outcome") else j
         return await eventually(check, timeout, f"job {tenant}/{name} in {statuses}")
 
     async def diagnose(self) -> str:

@@ -38,9 +38,9 @@ from pydantic import ValidationError
 from libs.common import subjects
 from libs.common.envelope import Envelope, InvalidEvent, new_envelope, parse_envelope
 from libs.common.events.intake import JobAccepted, JobRejected
-from libs.common.events.sdk import JobSubmitted
+from libs.common.events.sdk import DepositRequested, JobSubmitted
 from libs.common.ids import job_id
-from libs.common.manifest import MICRO, FieldError, manifest_identity
+from libs.common.manifest import MICRO, FieldError, euro_to_micro, is_dns_label, manifest_identity
 from libs.common.streams import ensure_streams
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -50,7 +50,6 @@ SERVICES = ("intake", "matching", "placement", "metering", "settlement")
 JOB_STATUSES = ("accepted", "waiting", "matched", "placed", "running", "finished", "failed", "metered",
                 "settled", "expired")
 # a namespace that can stand as a subject token; anything else is published under `t-invalid`
-_TOKEN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 INVALID_PARTY = "t-invalid"
 
 
@@ -157,7 +156,7 @@ def submission_party(manifest: dict[str, Any]) -> tuple[str, UUID]:
     so intake still sees it and rejects it naming `metadata.namespace`.
     """
     namespace, name = manifest_identity(manifest)
-    if _TOKEN.match(namespace):
+    if is_dns_label(namespace):
         return subjects.tenant_party(namespace), job_id(namespace, name)
     return INVALID_PARTY, uuid4()
 
@@ -246,6 +245,22 @@ class Exchange:
 
     # -- writes ---------------------------------------------------------------------------------
 
+    async def deposit(self, tenant: str, amount_eur: str | int | Decimal, reference: str | None = None) -> UUID:
+        """Pay `amount_eur` into the tenant's wallet; the same `reference` deposits once."""
+        try:
+            micro = euro_to_micro(amount_eur)
+        except ValueError as e:
+            raise ExchangeError(f"amount: {e}") from None
+        if not is_dns_label(tenant):
+            raise ExchangeError(f"tenant: {tenant!r} is not a DNS-1123 label")
+        env = new_envelope(DepositRequested(tenant=tenant, amount_micro_eur=micro, reference=reference or str(uuid4())),
+                           source="sdk", party=f"t-{tenant}", correlation_id=uuid4())
+        await self._publish(env)
+        return env.id
+
+    async def wallet(self, tenant: str) -> dict[str, Any]:
+        return await self.query("settlement", "wallet", tenant=tenant)
+
     async def submit(self, manifest: dict[str, Any]) -> UUID:
         """Publish a manifest as a JobSubmitted event; returns the event id (intake decides later)."""
         env = self._submission(manifest)
@@ -332,7 +347,7 @@ class Exchange:
             await sub2.unsubscribe()
 
     async def _decision_count(self, tenant: str, name: str) -> int | None:
-        if not (_TOKEN.match(tenant) and name):
+        if not (is_dns_label(tenant) and name):
             return None
         try:
             job = await self.job(tenant, name)

@@ -248,7 +248,8 @@ async def _apply_and_follow(ex: Exchange, console: Console, manifest: dict[str, 
         if new_status != status:
             status = new_status
             console.print(Text.assemble("  → ", render.status_text(status)))
-        if status in FINAL_STATUSES:
+        # intake learns the outcome from placement's stream, the charge from settlement's: wait for both
+        if status in FINAL_STATUSES and (status != "settled" or (job or {}).get("outcome")):
             return job
         if time.monotonic() >= deadline:
             console.print(Text(f"  {tenant}/{name} still {status} after {JOB_TIMEOUT_S:g}s; giving up", style="red"))

@@ -28,7 +28,8 @@ from clients.sdk.client import (
 )
 from clients.smctl import render
 from clients.smctl import stack as stack_mod
-from clients.smctl.render import Output
+from clients.smctl.render import Output, eur
+from libs.common.manifest import euro_to_micro
 
 T = TypeVar("T")
 
@@ -48,6 +49,8 @@ app = typer.Typer(
 )
 ledger_app = typer.Typer(help="Audit the settlement ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+wallet_app = typer.Typer(help="A tenant's wallet: deposits and balance.", no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
 ops_app = typer.Typer(help="Operate the exchange: dead letters.", no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
 dlq_app = typer.Typer(help="Messages a service could not apply, with the reason: list, show, redrive.",
@@ -458,3 +461,55 @@ def dlq_redrive(ctx: typer.Context, seqs: Annotated[Optional[list[int]], typer.A
 
     for r in run(go()):
         console.print(f"redrove {r['seq']} to {r['subject']} ({r['stream']} seq {r['new_seq']})")
+
+
+@wallet_app.command("deposit")
+@cli_errors
+def wallet_deposit(ctx: typer.Context, tenant: str,
+                   amount: Annotated[str, typer.Argument(help="EUR, at most 6 decimals, e.g. 100 or 12.50.")],
+                   reference: Annotated[Optional[str], typer.Option(
+                       "--reference", help="The payment's id: the same reference deposits once.")] = None) -> None:
+    """Pay money into a tenant's wallet (the only way money enters the exchange)."""
+    try:
+        euro_to_micro(amount)  # refused here, before anything is sent
+    except ValueError as e:
+        raise CliError(f"amount: {e}") from None
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            before = await ex.wallet(tenant)
+            if reference and any(d["reference"] == reference for d in before["deposits"]):
+                raise CliError(f"reference: {reference!r} was deposited already; a payment is booked once")
+            await ex.deposit(tenant, amount, reference)
+            deadline = asyncio.get_running_loop().time() + 20
+            while asyncio.get_running_loop().time() < deadline:
+                after = await ex.wallet(tenant)
+                if after["deposited_micro_eur"] != before["deposited_micro_eur"]:
+                    return after
+                await asyncio.sleep(0.2)
+            return None
+
+    after = run(go())
+    if after is None:
+        raise CliError(f"the deposit was sent but not booked within 20 s (same reference again?); "
+                       f"see `smctl wallet show {tenant}`")
+    console.print(f"deposited; wallet {tenant}: {eur(after['balance_micro_eur'])} EUR available, "
+                  f"{eur(after['held_micro_eur'])} EUR held for running jobs")
+
+
+@wallet_app.command("show")
+@cli_errors
+def wallet_show(ctx: typer.Context, tenant: str, output: OutputOpt = Output.table) -> None:
+    """A tenant's balance, what is held for its jobs, and its deposits."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.wallet(tenant)
+
+    w = run(go())
+    if output is not Output.table:
+        render.emit_data(console, w, output)
+        return
+    console.print(f"wallet {tenant}: {eur(w['balance_micro_eur'])} EUR available, "
+                  f"{eur(w['held_micro_eur'])} EUR held for running jobs, "
+                  f"{eur(w['deposited_micro_eur'])} EUR deposited in all ({len(w['deposits'])} deposits)")

@@ -248,9 +248,16 @@ class PostgresServer(_Server):
     def stop(self) -> None:
         """Stops the server with `pg_ctl stop -m fast` and waits for all its processes. Idempotent."""
         pids = self._group()
-        if (self.pgdata / "postmaster.pid").exists():
-            self._run("pg_ctl", "stop", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60",
-                      check=False, **self._as_pg_user())
+        stopped = True
+        try:
+            if (self.pgdata / "postmaster.pid").exists():
+                stopped = self._run("pg_ctl", "stop", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60",
+                                    check=False, **self._as_pg_user()).returncode == 0
+        except OSError:
+            stopped = False
+        if not stopped and pids and self.pid and _alive(self.pid, self.create_time):
+            # pg_ctl could not do it (say its user lost access to the data dir): SIGINT is a fast shutdown
+            os.kill(self.pid, signal.SIGINT)
         self._wait_gone(pids)
 
 
@@ -294,9 +301,15 @@ class Infra:
 
     def stop(self) -> None:
         """Stops exactly the servers this Infra started. Idempotent."""
+        errors = []
         for server in (self.postgres, self.nats):
             if server is not None:
-                server.stop()
+                try:
+                    server.stop()
+                except Exception as e:  # noqa: BLE001 - the other server must still be stopped
+                    errors.append(f"{server.name}: {e}")
+        if errors:
+            raise RuntimeError("could not stop " + "; ".join(errors))
 
     def to_json(self) -> dict:
         """A JSON-able dict from which `from_json` can stop the servers in another process."""

@@ -37,6 +37,11 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+def is_dns_label(v: str) -> bool:
+    """A Kubernetes name (and a valid subject token for the party it names)."""
+    return bool(_NAME.fullmatch(v))
+
+
 def dtu_rate(vcpu: Decimal, memory_gib: Decimal) -> Decimal:
     """DTUs of a workload or machine: max(vCPU, memory GiB / 4) — one DTU is one vCPU with up to 4 GiB."""
     return max(Decimal(vcpu), Decimal(memory_gib) / 4)
@@ -161,7 +166,7 @@ def euro_to_micro(v: Any) -> int:
     if d <= 0:
         raise ValueError("must be greater than 0")
     if d > 1_000_000:  # checked before any arithmetic: an absurd exponent must not overflow
-        raise ValueError("is larger than 1,000,000 EUR per DTU-hour")
+        raise ValueError("is larger than 1,000,000 EUR")
     if d.as_tuple().exponent < -6 and d != d.quantize(Decimal("0.000001"), rounding=ROUND_DOWN):  # type: ignore[operator]
         raise ValueError("has more than 6 decimals (a micro-euro is the smallest unit)")
     return int(d.scaleb(6))
@@ -181,7 +186,7 @@ class _Raw(BaseModel):
         @field_validator("name", "namespace")
         @classmethod
         def dns_label(cls, v: str) -> str:
-            if not _NAME.fullmatch(v):
+            if not is_dns_label(v):
                 raise ValueError("must be a DNS-1123 label: lower-case letters, digits and '-', at most 63")
             return v
 

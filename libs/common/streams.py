@@ -80,6 +80,7 @@ METERING_USAGE_SAMPLED = _c("metering-usage-sampled", "AGENT", s.USAGE_SAMPLED_A
 
 SETTLEMENT_JOB_MATCHED = _c("settlement-job-matched", "MATCHING", s.JOB_MATCHED_ANY)
 SETTLEMENT_METER_CLOSED = _c("settlement-meter-closed", "METERING", s.METER_CLOSED_ANY)
+SETTLEMENT_DEPOSIT = _c("settlement-wallet-deposit", "SDK", s.DEPOSIT_REQUESTED_ANY)
 
 
 def agent_assignments(vendor: str) -> ConsumerSpec:

@@ -12,7 +12,7 @@ from libs.common.events.intake import JobAccepted, JobRejected
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
 from libs.common.events.metering import MeterClosed
 from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
-from libs.common.events.sdk import JobSubmitted
+from libs.common.events.sdk import DepositRequested, JobSubmitted
 from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased
 
 
@@ -34,6 +34,7 @@ def vendor_party(vendor: str) -> str:
 
 
 JOB_SUBMITTED_ANY = any_party(JobSubmitted)
+DEPOSIT_REQUESTED_ANY = any_party(DepositRequested)
 OFFER_PUBLISHED_ANY = any_party(OfferPublished)
 WORKLOAD_REPORTED_ANY = any_party(WorkloadReported)
 USAGE_SAMPLED_ANY = any_party(UsageSampled)

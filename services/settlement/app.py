@@ -33,6 +33,8 @@ def create_service(settings: SettlementSettings) -> Service:
         subscriptions=[
             Subscription(streams.SETTLEMENT_JOB_MATCHED, service.hold_funds),
             Subscription(streams.SETTLEMENT_METER_CLOSED, functools.partial(service.settle_meters, fee_bps=fee_bps)),
+            Subscription(streams.SETTLEMENT_DEPOSIT, service.deposit, time_from_stream=True),
         ],
-        queries={"invoice": q_invoice, "ledger_check": q_ledger_check},
+        queries={"invoice": q_invoice, "ledger_check": q_ledger_check,
+                 "wallet": lambda con, req: store.wallet(con, str(req["tenant"]))},
     )

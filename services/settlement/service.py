@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import uuid5
 
 import asyncpg
 
+from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, derive
 from libs.common.events.matching import JobMatched
 from libs.common.events.metering import MeterClosed
-from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased
-from libs.common.ids import derived_id
+from libs.common.events.sdk import DepositRequested
+from libs.common.events.settlement import ChargePosted, FundsDeposited, FundsHeld, HoldReleased
+from libs.common.ids import STRONGMOOSE_NS, derived_id
+from libs.common.subjects import tenant_party
 from services.settlement import domain, store
 
 SOURCE = "settlement"
+DEPOSITS_NS = uuid5(STRONGMOOSE_NS, "deposit")
 FEES = "exchange:fees"
 
 
@@ -31,6 +36,28 @@ def escrow_account(tenant: str) -> str:
 
 def vendor_account(vendor: str) -> str:
     return f"vendor:{vendor}"
+
+
+FUNDING = "external:funding"  # money enters only by a deposit, from outside the exchange
+
+
+async def deposit(tx: asyncpg.Connection, events: list[Envelope[DepositRequested]]) -> list[Envelope[Any]]:
+    """Credit tenants' wallets; a payment reference deposits once, whatever the event id."""
+    out: list[Envelope[Any]] = []
+    transfers = []
+    for ev in events:
+        p = ev.payload
+        if ev.party != tenant_party(p.tenant):
+            raise PermanentError(f"a deposit into {p.tenant}'s wallet sent by {ev.party}")
+        tid = uuid5(DEPOSITS_NS, f"{p.tenant}/{p.reference}")
+        transfers.append((tid, FUNDING, tenant_account(p.tenant), p.amount_micro_eur, "deposit", None, ev.id,
+                          ev.time))
+        out.append(derive(ev, FundsDeposited(tenant=p.tenant, amount_micro_eur=p.amount_micro_eur,
+                                             reference=p.reference), source=SOURCE))
+    posted = await store.post(tx, transfers)
+    await store.record_deposits(tx, [(e.payload.tenant, e.payload.reference, t[3], t[0], t[7])
+                                     for e, t in zip(events, transfers, strict=True) if t[0] in posted])
+    return [e for e, t in zip(out, transfers, strict=True) if t[0] in posted]
 
 
 async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]]) -> list[Envelope[Any]]:

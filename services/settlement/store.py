@@ -9,21 +9,23 @@ from uuid import UUID
 import asyncpg
 
 
-async def post(tx: asyncpg.Connection, transfers: list[tuple[UUID, str, str, int, str, UUID, UUID, datetime]]) -> None:
+async def post(tx: asyncpg.Connection,
+               transfers: list[tuple[UUID, str, str, int, str, UUID | None, UUID, datetime]]) -> set[UUID]:
     """Post transfers (id, debit, credit, amount, kind, job_id, event_id, at); zero amounts are skipped.
 
     A transfer id already posted is not posted again, and balances move only for those inserted.
+    Returns the ids posted now.
     """
     transfers = [t for t in transfers if t[3] > 0]
     if not transfers:
-        return
+        return set()
     accounts = sorted({a for t in transfers for a in (t[1], t[2])})
     await tx.executemany("INSERT INTO accounts (name, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                          [(a, a.split(":", 1)[0]) for a in accounts])
     rows = await tx.fetch(
         "INSERT INTO transfers (transfer_id, debit, credit, amount, kind, job_id, event_id, at) "
         "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::uuid[], "
-        "$7::uuid[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING debit, credit, amount",
+        "$7::uuid[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING transfer_id, debit, credit, amount",
         *[list(col) for col in zip(*transfers, strict=True)])
     delta: dict[str, int] = {}
     for r in rows:
@@ -31,6 +33,7 @@ async def post(tx: asyncpg.Connection, transfers: list[tuple[UUID, str, str, int
         delta[r["credit"]] = delta.get(r["credit"], 0) + r["amount"]
     # accounts updated in name order: concurrent batches never deadlock on each other
     await tx.executemany("UPDATE accounts SET balance = balance + $2 WHERE name = $1", sorted(delta.items()))
+    return {r["transfer_id"] for r in rows}
 
 
 async def insert_holds(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> set[UUID]:
@@ -64,6 +67,21 @@ async def insert_invoice_lines(tx: asyncpg.Connection, lines: list[tuple[Any, ..
         "INSERT INTO invoice_lines (job_id, tenant, name, vendor, dtu_micro_hours, price_micro_eur_per_dtu_hour, "
         "gpu_micro_hours, price_micro_eur_per_gpu_hour, vendor_micro_eur, fee_micro_eur, total_micro_eur, at) "
         "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING", lines)
+
+
+async def record_deposits(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """rows: (tenant, reference, amount, transfer_id, at)."""
+    await tx.executemany("INSERT INTO deposits (tenant, reference, amount, transfer_id, at) "
+                         "VALUES ($1, $2, $3, $4, $5)", rows)
+
+
+async def wallet(con: asyncpg.Connection, tenant: str) -> dict[str, Any]:
+    balances = {r["name"]: r["balance"] for r in await con.fetch(
+        "SELECT name, balance FROM accounts WHERE name = ANY($1::text[])", [f"tenant:{tenant}", f"escrow:{tenant}"])}
+    deposits = await con.fetch("SELECT reference, amount, at FROM deposits WHERE tenant = $1 ORDER BY at", tenant)
+    return {"tenant": tenant, "balance_micro_eur": balances.get(f"tenant:{tenant}", 0),
+            "held_micro_eur": balances.get(f"escrow:{tenant}", 0),
+            "deposited_micro_eur": sum(r["amount"] for r in deposits), "deposits": [dict(r) for r in deposits]}
 
 
 async def invoice(con: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:

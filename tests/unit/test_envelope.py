@@ -20,8 +20,8 @@ from libs.common.events.intake import JobAccepted, JobRejected
 from libs.common.events.matching import ConstraintMiss, JobExpired, JobMatched, JobUnmatchable
 from libs.common.events.metering import MeterClosed
 from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
-from libs.common.events.sdk import JobSubmitted
-from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased
+from libs.common.events.sdk import DepositRequested, JobSubmitted
+from libs.common.events.settlement import ChargePosted, FundsDeposited, FundsHeld, HoldReleased
 from libs.common.ids import derived_id
 from libs.common.manifest import FieldError, JobRequest, Resources, Restrictions
 
@@ -75,6 +75,8 @@ SAMPLES: dict[type[Payload], Payload] = {
                                dtu_micro_hours=1_500_000, price_micro_eur_per_dtu_hour=38_000, vendor_micro_eur=57_000,
                                fee_micro_eur=1_425, total_micro_eur=58_425),
     HoldReleased: HoldReleased(job_id=JOB, tenant="xyz", amount_micro_eur=74_941_575),
+    DepositRequested: DepositRequested(tenant="xyz", amount_micro_eur=100_000_000, reference="pay-1"),
+    FundsDeposited: FundsDeposited(tenant="xyz", amount_micro_eur=100_000_000, reference="pay-1"),
 }
 
 REGISTERED = sorted(all_events().items())

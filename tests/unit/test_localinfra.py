@@ -2,9 +2,12 @@
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -63,6 +66,15 @@ async def assert_rows(url: str, expected: list[str]) -> None:
         assert [r["v"] for r in await conn.fetch("select v from kept order by v")] == expected
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Not pytest's own: a pytest session started meanwhile closes its folder to other users, and the
+    PostgreSQL server runs as an unprivileged one when we are root."""
+    path = Path(tempfile.mkdtemp(prefix="strongmoose-localinfra-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_start_restart_kill_stop(tmp_path):

@@ -35,3 +35,10 @@ class HoldReleased(Payload):
     job_id: UUID
     tenant: str
     amount_micro_eur: int
+
+
+@event("FundsDeposited", subject="settlement.funds.deposited")
+class FundsDeposited(Payload):
+    tenant: str
+    amount_micro_eur: int
+    reference: str

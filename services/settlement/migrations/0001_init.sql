@@ -1,8 +1,8 @@
 -- balance = credits - debits; every transfer debits one account and credits another by the same
 -- amount, so the balances of all accounts always sum to zero
 CREATE TABLE accounts (
-    name    text PRIMARY KEY,          -- tenant:xyz, escrow:xyz, vendor:elastx, exchange:fees
-    kind    text   NOT NULL CHECK (kind IN ('tenant', 'escrow', 'vendor', 'exchange')),
+    name    text PRIMARY KEY,          -- tenant:xyz, escrow:xyz, vendor:elastx, exchange:fees, external:funding
+    kind    text   NOT NULL CHECK (kind IN ('tenant', 'escrow', 'vendor', 'exchange', 'external')),
     balance bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE transfers (
@@ -10,8 +10,8 @@ CREATE TABLE transfers (
     debit       text        NOT NULL REFERENCES accounts,
     credit      text        NOT NULL REFERENCES accounts,
     amount      bigint      NOT NULL CHECK (amount > 0),
-    kind        text        NOT NULL,  -- hold, charge, fee, release
-    job_id      uuid        NOT NULL,
+    kind        text        NOT NULL,  -- deposit, hold, charge, fee, release
+    job_id      uuid,                  -- null for a deposit
     event_id    uuid        NOT NULL,
     at          timestamptz NOT NULL,
     CHECK (debit <> credit)
@@ -42,4 +42,13 @@ CREATE TABLE invoice_lines (
     fee_micro_eur   bigint NOT NULL,
     total_micro_eur bigint NOT NULL,
     at              timestamptz NOT NULL
+);
+-- money paid in, one row per payment reference
+CREATE TABLE deposits (
+    tenant      text        NOT NULL,
+    reference   text        NOT NULL,
+    amount      bigint      NOT NULL CHECK (amount > 0),
+    transfer_id uuid        NOT NULL REFERENCES transfers,
+    at          timestamptz NOT NULL,
+    PRIMARY KEY (tenant, reference)
 );
