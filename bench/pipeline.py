@@ -56,7 +56,7 @@ from clients.agent.catalog import default_data_dir  # noqa: E402
 from libs.common.bus import Runtime  # noqa: E402
 from libs.common.envelope import new_envelope, parse_envelope  # noqa: E402
 from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported  # noqa: E402
-from libs.common.events.sdk import JobSubmitted  # noqa: E402
+from libs.common.events.sdk import DepositRequested, JobSubmitted  # noqa: E402
 from libs.common.ids import job_id, offer_id  # noqa: E402
 from libs.common.localinfra import Infra, ensure_infra  # noqa: E402
 from libs.common.streams import DUPLICATE_WINDOW_S, MAX_AGE_S, STREAMS, ensure_streams  # noqa: E402
@@ -504,6 +504,21 @@ async def run_pipeline(infra: Infra, args: argparse.Namespace, tasks: list[Task]
         async def book_full() -> bool:
             return len(await ask(nc, "matching", "offers")) >= len(offers)
         await wait_for(book_full, 30, "offers in matching's book", every=0.1)
+
+        # every tenant pays in enough for all its jobs' holds (a hold must fit in the wallet)
+        tenants = sorted({manifest(i, task, t_start, phase[:2])["metadata"]["namespace"]
+                          for i, task in enumerate(chosen)})
+        deposits = [new_envelope(DepositRequested(tenant=t, amount_micro_eur=10**12, reference=f"bench-{phase}"),
+                                 source="sdk", party=f"t-{t}", correlation_id=uuid.uuid4()) for t in tenants]
+        await asyncio.gather(*[await js.publish_async(subject_for(d), d.to_bytes(), headers={"Nats-Msg-Id": str(d.id)})
+                               for d in deposits])
+
+        async def funded() -> bool:
+            for t in tenants:
+                if (await ask(nc, "settlement", "wallet", tenant=t))["balance_micro_eur"] < 10**12:
+                    return False
+            return True
+        await wait_for(funded, 30, "the tenants' deposits", every=0.1)
 
         # the submissions, built before the clock starts
         not_after = t_start + timedelta(days=200)

@@ -4,6 +4,7 @@ schemas per test."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -47,7 +48,14 @@ async def bus(infra: Infra) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
             await js.delete_stream(name)
         except nats.js.errors.NotFoundError:
             pass
-    await ensure_streams(js)
+    for attempt in range(50):
+        try:
+            await ensure_streams(js)
+            break
+        except nats.js.errors.ServerError:  # the server may still be removing a just-deleted stream's store
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.1)
     try:
         yield nc, js
     finally:
@@ -82,6 +90,7 @@ async def exchange(infra: Infra, bus: tuple[NATS, JetStreamContext]) -> AsyncIte
         rt = Runtime(svc, infra.nats_url, infra.database_url, batch_size=100)
         await rt.start()
         ex.runtimes[svc.name] = rt
+    await ex.deposit("xyz", 1_000_000_000)  # €1,000: the tests' tenant can pay for its jobs
     try:
         yield ex
     finally:

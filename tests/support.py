@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from libs.common.bus import Runtime
-from libs.common.envelope import Envelope
+from libs.common.envelope import Envelope, new_envelope
+from libs.common.events.sdk import DepositRequested
 from libs.common.streams import STREAMS
 from libs.common.subjects import query, subject_for
 
@@ -64,6 +66,18 @@ class Exchange:
                 return None
             return None if j["status"] == "settled" and not j.get("outcome") else j
         return await eventually(check, timeout, f"job {tenant}/{name} in {statuses}")
+
+    async def deposit(self, tenant: str, micro_eur: int) -> None:
+        """Pay into a tenant's wallet and wait until settlement has booked it."""
+        before = (await self.query("settlement", "wallet", tenant=tenant))["balance_micro_eur"]
+        await self.publish(new_envelope(DepositRequested(tenant=tenant, amount_micro_eur=micro_eur,
+                                                         reference=str(uuid.uuid4())),
+                                        source="sdk", party=f"t-{tenant}", correlation_id=uuid.uuid4()))
+
+        async def booked() -> bool:
+            w = await self.query("settlement", "wallet", tenant=tenant)
+            return w["balance_micro_eur"] == before + micro_eur
+        await eventually(booked, what=f"the deposit into {tenant}'s wallet")
 
     async def diagnose(self) -> str:
         """What the exchange holds, for a failure message."""

@@ -48,7 +48,7 @@ DLQ_STREAM = "DLQ"
 NOT_RUNNING = "is the exchange running? (smctl up)"
 SERVICES = ("intake", "matching", "placement", "metering", "settlement")
 JOB_STATUSES = ("accepted", "waiting", "matched", "placed", "running", "finished", "failed", "metered",
-                "settled", "expired")
+                "settled", "expired", "refused")
 # a namespace that can stand as a subject token; anything else is published under `t-invalid`
 INVALID_PARTY = "t-invalid"
 

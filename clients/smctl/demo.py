@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ MARKER = ".smctl-demo"  # only a directory carrying it is emptied by --fresh
 SEED_VENDORS = ("elastx", "safespring")
 OFFERS_TIMEOUT_S = 45.0
 JOB_TIMEOUT_S = 240.0
-FINAL_STATUSES = {"settled", "expired", "rejected"}
+FINAL_STATUSES = {"settled", "expired", "rejected", "refused"}
 GOOD_OUTCOMES = {"finished", "succeeded"}
 
 
@@ -115,7 +116,12 @@ async def _story(nats_url: str, state_dir: Path, console: Console, *, wait_seed_
         if first.accepted:
             console.print(Text("unexpected: a deadline in the past was accepted", style="red"))
 
-        console.print(Rule("4. the same manifest with a deadline two hours from now"))
+        console.print(Rule(f"4. tenant {tenant} pays €100 into its wallet; the same manifest, due in two hours"))
+        before = await ex.wallet(tenant)
+        await ex.deposit(tenant, "100", reference=f"demo-{uuid.uuid4()}")
+        wallet = await _wait_wallet(ex, tenant, before["balance_micro_eur"] + 100_000_000)
+        console.print(f"smctl wallet deposit {tenant} 100   → {render.eur(wallet['balance_micro_eur'])} EUR available "
+                      "(a job's hold must fit in it before the job is placed)")
         seed_now = copy.deepcopy(seed)
         seed_now["spec"]["notAfter"] = _in_2h()
         console.print(f"spec.notAfter: {seed['spec']['notAfter']} → {seed_now['spec']['notAfter']} "
@@ -142,6 +148,10 @@ async def _story(nats_url: str, state_dir: Path, console: Console, *, wait_seed_
         except Exception as e:  # the invoice is shown for the reader; the verdict rests on jobs and ledger
             console.print(Text(f"invoice: {e}", style="red"))
 
+        wallet = await ex.wallet(tenant)
+        console.print(f"wallet {tenant}: {render.eur(wallet['balance_micro_eur'])} EUR available, "
+                      f"{render.eur(wallet['held_micro_eur'])} EUR held")
+
         console.print(Rule("7. ledger check"))
         ledger = await ex.ledger_check()
         for line in render.ledger_lines(ledger):
@@ -154,6 +164,15 @@ async def _story(nats_url: str, state_dir: Path, console: Console, *, wait_seed_
             state = f"status {job.get('status')}, outcome {job.get('outcome')}" if job else "never accepted"
             console.print(Text(f"{who} did not settle as finished ({state})", style="red"))
     return all(good) and bool(ledger.get("ok"))
+
+
+async def _wait_wallet(ex: Exchange, tenant: str, balance: int, timeout_s: float = 30.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        wallet = await ex.wallet(tenant)
+        if wallet["balance_micro_eur"] >= balance or asyncio.get_running_loop().time() > deadline:
+            return wallet
+        await asyncio.sleep(0.2)
 
 
 def _settled_ok(job: dict[str, Any] | None) -> bool:

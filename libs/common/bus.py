@@ -132,6 +132,7 @@ class Runtime:
         queries: dict[str, QueryHandler] = {"health": self._health, **s.queries}
         for name, handler in queries.items():
             await self.nc.subscribe(subjects.query(s.name, name), queue=s.name, cb=self._answer(handler))
+        await self.nc.flush()  # the server knows our subscriptions before anyone is told we are ready
         self.ready.set()
         log.info("%s started: schema %s, %d consumers", s.name, s.schema, len(s.subscriptions))
 

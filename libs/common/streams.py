@@ -63,14 +63,15 @@ INTAKE_JOB_SUBMITTED = _c("intake-job-submitted", "SDK", s.JOB_SUBMITTED_ANY)
 INTAKE_MATCHING = _c("intake-job-matching", "MATCHING", "matching.>")
 INTAKE_PLACEMENT = _c("intake-workload-placement", "PLACEMENT", "placement.>")
 INTAKE_METERING = _c("intake-meter-closed", "METERING", s.METER_CLOSED_ANY)
-INTAKE_SETTLEMENT = _c("intake-charge-posted", "SETTLEMENT", s.CHARGE_POSTED_ANY)
+INTAKE_SETTLEMENT = _c("intake-job-settlement", "SETTLEMENT", "settlement.>")
 
 MATCHING_OFFER_PUBLISHED = _c("matching-offer-published", "AGENT", s.OFFER_PUBLISHED_ANY)
 MATCHING_JOB_ACCEPTED = _c("matching-job-accepted", "INTAKE", s.JOB_ACCEPTED_ANY)
 MATCHING_WORKLOAD_FINISHED = _c("matching-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
 MATCHING_WORKLOAD_FAILED = _c("matching-workload-failed", "PLACEMENT", s.WORKLOAD_FAILED_ANY)
+MATCHING_FUNDS_INSUFFICIENT = _c("matching-funds-insufficient", "SETTLEMENT", s.INSUFFICIENT_FUNDS_ANY)
 
-PLACEMENT_JOB_MATCHED = _c("placement-job-matched", "MATCHING", s.JOB_MATCHED_ANY)
+PLACEMENT_FUNDS_HELD = _c("placement-funds-held", "SETTLEMENT", s.FUNDS_HELD_ANY)  # placed once paid for
 PLACEMENT_WORKLOAD_REPORTED = _c("placement-workload-reported", "AGENT", s.WORKLOAD_REPORTED_ANY)
 
 METERING_WORKLOAD_STARTED = _c("metering-workload-started", "PLACEMENT", s.WORKLOAD_STARTED_ANY)

@@ -13,7 +13,7 @@ from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
 from libs.common.events.metering import MeterClosed
 from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
 from libs.common.events.sdk import DepositRequested, JobSubmitted
-from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased
+from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased, InsufficientFunds
 
 
 def subject_for(env: Envelope[Any]) -> str:
@@ -49,6 +49,7 @@ WORKLOAD_FINISHED_ANY = any_party(WorkloadFinished)
 WORKLOAD_FAILED_ANY = any_party(WorkloadFailed)
 METER_CLOSED_ANY = any_party(MeterClosed)
 FUNDS_HELD_ANY = any_party(FundsHeld)
+INSUFFICIENT_FUNDS_ANY = any_party(InsufficientFunds)
 CHARGE_POSTED_ANY = any_party(ChargePosted)
 HOLD_RELEASED_ANY = any_party(HoldReleased)
 

@@ -10,11 +10,11 @@ from libs.common.events.intake import JobAccepted, JobRejected
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
 from libs.common.events.metering import MeterClosed
 from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
-from libs.common.events.settlement import ChargePosted
+from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased, InsufficientFunds
 
 # a status only moves forward: facts from different streams may be handled in any order
 RANK = {"accepted": 1, "waiting": 2, "matched": 3, "placed": 4, "running": 5, "finished": 6, "failed": 6,
-        "metered": 7, "settled": 8, "expired": 9, "cancelled": 9}
+        "metered": 7, "settled": 8, "expired": 9, "refused": 9}
 
 
 def eur(micro: int) -> str:
@@ -26,7 +26,7 @@ def status_of(env: Envelope[Any]) -> str | None:
     return {
         JobAccepted: "accepted", JobUnmatchable: "waiting", JobMatched: "matched", JobExpired: "expired",
         WorkloadAssigned: "placed", WorkloadStarted: "running", WorkloadFinished: "finished",
-        WorkloadFailed: "failed", MeterClosed: "metered", ChargePosted: "settled",
+        WorkloadFailed: "failed", MeterClosed: "metered", ChargePosted: "settled", InsufficientFunds: "refused",
     }.get(type(p))
 
 
@@ -41,6 +41,8 @@ def facts_of(env: Envelope[Any]) -> dict[str, Any]:
         return {"outcome": "failed"}
     if isinstance(p, JobExpired):
         return {"outcome": "expired"}
+    if isinstance(p, InsufficientFunds):
+        return {"outcome": "refused"}
     if isinstance(p, ChargePosted):
         return {"total_micro_eur": p.total_micro_eur}
     return {}
@@ -74,6 +76,13 @@ def describe(env: Envelope[Any]) -> str:
     if isinstance(p, MeterClosed):
         return (f"metered: {Decimal(p.dtu_micro_hours) / 1_000_000:.6f} DTU-h "
                 f"(cpu {p.cpu_us / 1e6:.3f} s, peak {p.rss_peak_bytes // 2**20} MiB, {p.samples} samples)")
+    if isinstance(p, FundsHeld):
+        return f"funds held in escrow: {eur(p.amount_micro_eur)}"
+    if isinstance(p, InsufficientFunds):
+        return (f"refused: the hold of {eur(p.needed_micro_eur)} exceeds the wallet's {eur(p.available_micro_eur)}; "
+                f"deposit with `smctl wallet deposit {p.tenant} AMOUNT`")
+    if isinstance(p, HoldReleased):
+        return f"hold released: {eur(p.amount_micro_eur)} back to the wallet"
     if isinstance(p, ChargePosted):
         return (f"settled: {eur(p.total_micro_eur)} = vendor {eur(p.vendor_micro_eur)} + fee {eur(p.fee_micro_eur)}")
     return env.type

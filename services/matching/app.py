@@ -20,6 +20,7 @@ def create_service(settings: MatchingSettings) -> Service:
             Subscription(streams.MATCHING_JOB_ACCEPTED, service.accept_jobs),
             Subscription(streams.MATCHING_WORKLOAD_FINISHED, service.release_capacity),
             Subscription(streams.MATCHING_WORKLOAD_FAILED, service.release_capacity),
+            Subscription(streams.MATCHING_FUNDS_INSUFFICIENT, service.release_capacity),
         ],
         queries={"offers": lambda con, req: store.list_offers(con, req.get("vendor"), req.get("region")),
                  "vendors": lambda con, req: store.list_vendors(con)},

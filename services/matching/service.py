@@ -15,6 +15,7 @@ from libs.common.events.agent import OfferPublished
 from libs.common.events.intake import JobAccepted
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
 from libs.common.events.placement import WorkloadFailed, WorkloadFinished
+from libs.common.events.settlement import InsufficientFunds
 from libs.common.ids import offer_id
 from libs.common.manifest import JobRequest
 from libs.common.subjects import vendor_party
@@ -54,8 +55,12 @@ async def publish_offers(tx: asyncpg.Connection, events: list[Envelope[OfferPubl
 
 
 async def release_capacity(tx: asyncpg.Connection, events: list[Envelope[Any]]) -> list[Envelope[Any]]:
-    """A workload ended (finished or failed): its reservation returns to the offer; waiting jobs retry."""
-    ended = [ev for ev in events if isinstance(ev.payload, (WorkloadFinished, WorkloadFailed))]
+    """A workload ended, or its job was refused for want of funds: the reservation returns to the offer
+    and waiting jobs retry."""
+    ended = [ev for ev in events if isinstance(ev.payload, (WorkloadFinished, WorkloadFailed, InsufficientFunds))]
+    for ev in ended:
+        if isinstance(ev.payload, InsufficientFunds):
+            await store.set_status(tx, ev.payload.job_id, "refused")
     if not ended or not await store.release(tx, [ev.payload.job_id for ev in ended], ended[-1].time):
         return []
     return await _retry_waiting(tx, ended[-1])

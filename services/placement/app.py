@@ -16,7 +16,7 @@ def create_service(settings: PlacementSettings) -> Service:
         schema=settings.placement_schema,
         migrations=Path(__file__).parent / "migrations",
         subscriptions=[
-            Subscription(streams.PLACEMENT_JOB_MATCHED, service.place_jobs),
+            Subscription(streams.PLACEMENT_FUNDS_HELD, service.place_jobs),
             Subscription(streams.PLACEMENT_WORKLOAD_REPORTED, service.follow_reports),
         ],
         queries={"workloads": lambda con, req: store.list_workloads(con)},

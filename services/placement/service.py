@@ -9,8 +9,8 @@ import asyncpg
 from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, derive
 from libs.common.events.agent import WorkloadReported
-from libs.common.events.matching import JobMatched
 from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
+from libs.common.events.settlement import FundsHeld
 from libs.common.ids import derived_id
 from libs.common.subjects import vendor_party
 from services.placement import domain, store
@@ -18,15 +18,18 @@ from services.placement import domain, store
 SOURCE = "placement"
 
 
-async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[JobMatched]]) -> list[Envelope[Any]]:
-    """Record a workload per matched job and send the assignment to the vendor's subject."""
-    rows = [(derived_id(ev.id, "workload"), ev.payload.job_id, ev.payload.request.tenant, ev.payload.request.name,
-             ev.payload.vendor, ev.payload.node, ev.payload.request.resources.vcpu,
-             ev.payload.request.resources.memory_gib, ev.time) for ev in events]
+async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) -> list[Envelope[Any]]:
+    """Record a workload per matched job whose money is held, and send the assignment to the vendor."""
+    for ev in events:
+        if ev.payload.match is None:
+            raise PermanentError(f"FundsHeld of job {ev.payload.job_id} carries no match to place")
+    matches = [ev.payload.match for ev in events]
+    rows = [(derived_id(ev.id, "workload"), m.job_id, m.request.tenant, m.request.name, m.vendor, m.node,
+             m.request.resources.vcpu, m.request.resources.memory_gib, ev.time)
+            for ev, m in zip(events, matches, strict=True)]
     created = await store.insert_workloads(tx, rows)
     out: list[Envelope[Any]] = []
-    for ev, row in zip(events, rows, strict=True):
-        p = ev.payload
+    for ev, p, row in zip(events, matches, rows, strict=True):
         if row[0] not in created:
             continue  # this job already has a workload
         out.append(derive(ev, WorkloadAssigned(

@@ -12,7 +12,7 @@ from libs.common.envelope import Envelope, derive
 from libs.common.events.matching import JobMatched
 from libs.common.events.metering import MeterClosed
 from libs.common.events.sdk import DepositRequested
-from libs.common.events.settlement import ChargePosted, FundsDeposited, FundsHeld, HoldReleased
+from libs.common.events.settlement import ChargePosted, FundsDeposited, FundsHeld, HoldReleased, InsufficientFunds
 from libs.common.ids import STRONGMOOSE_NS, derived_id
 from libs.common.subjects import tenant_party
 from services.settlement import domain, store
@@ -61,7 +61,9 @@ async def deposit(tx: asyncpg.Connection, events: list[Envelope[DepositRequested
 
 
 async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]]) -> list[Envelope[Any]]:
-    """Move (caps x DTUs and GPUs) x expected hours from the tenant's account into escrow per matched job."""
+    """Move (caps x DTUs and GPUs) x expected hours from the tenant's wallet into escrow per matched job,
+    or refuse the job when the wallet cannot cover it. Wallets are locked for the batch, so two jobs
+    the balance cannot both cover never both pass, whichever instance handles them."""
     rows = []
     for ev in events:
         p, r = ev.payload, ev.payload.request
@@ -69,18 +71,26 @@ async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]])
                                     r.resources.gpu, r.max_micro_eur_per_gpu_hour or 0)
         rows.append((p.job_id, r.tenant, r.name, p.vendor, amount, p.price_micro_eur_per_dtu_hour, ev.time,
                      r.resources.gpu, p.price_micro_eur_per_gpu_hour or 0))
-    held = await store.insert_holds(tx, rows)
-    out: list[Envelope[Any]] = []
-    transfers = []
+    available = await store.lock_wallets(tx, sorted({tenant_account(r[1]) for r in rows}))
+    already = await store.existing_holds(tx, [r[0] for r in rows])
+    covered, out = [], []
     for ev, row in zip(events, rows, strict=True):
         job_id, tenant, amount = row[0], row[1], row[4]
-        if job_id not in held:
+        if job_id in already:
+            continue  # one hold per job, even if its match came twice
+        already.add(job_id)
+        wallet = tenant_account(tenant)
+        if amount > available[wallet]:
+            out.append(derive(ev, InsufficientFunds(job_id=job_id, tenant=tenant, name=row[2], needed_micro_eur=amount,
+                                                    available_micro_eur=available[wallet]), source=SOURCE))
             continue
-        held.discard(job_id)  # one hold per job, even if its match came twice in a batch
-        transfers.append((derived_id(ev.id, "transfer/hold"), tenant_account(tenant), escrow_account(tenant),
-                          amount, "hold", job_id, ev.id, ev.time))
-        out.append(derive(ev, FundsHeld(job_id=job_id, tenant=tenant, amount_micro_eur=amount), source=SOURCE))
-    await store.post(tx, transfers)
+        available[wallet] -= amount
+        covered.append((ev, row))
+    await store.insert_holds(tx, [row for _, row in covered])
+    await store.post(tx, [(derived_id(ev.id, "transfer/hold"), tenant_account(row[1]), escrow_account(row[1]), row[4],
+                           "hold", row[0], ev.id, ev.time) for ev, row in covered])
+    out += [derive(ev, FundsHeld(job_id=row[0], tenant=row[1], amount_micro_eur=row[4], match=ev.payload),
+                   source=SOURCE) for ev, row in covered]
     return out
 
 

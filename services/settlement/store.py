@@ -51,6 +51,19 @@ async def insert_holds(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> s
     return {r["job_id"] for r in inserted}
 
 
+async def lock_wallets(tx: asyncpg.Connection, names: list[str]) -> dict[str, int]:
+    """The wallets' balances, locked (in name order) until the transaction ends; a wallet never paid into is 0."""
+    await tx.executemany("INSERT INTO accounts (name, kind) VALUES ($1, 'tenant') ON CONFLICT DO NOTHING",
+                         [(n,) for n in names])
+    rows = await tx.fetch("SELECT name, balance FROM accounts WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE",
+                          names)
+    return {r["name"]: r["balance"] for r in rows}
+
+
+async def existing_holds(tx: asyncpg.Connection, job_ids: list[UUID]) -> set[UUID]:
+    return {r["job_id"] for r in await tx.fetch("SELECT job_id FROM holds WHERE job_id = ANY($1::uuid[])", job_ids)}
+
+
 async def lock_holds(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
     rows = await tx.fetch("SELECT * FROM holds WHERE job_id = ANY($1::uuid[]) ORDER BY job_id FOR UPDATE", job_ids)
     return {r["job_id"]: r for r in rows}
@@ -111,6 +124,11 @@ INVARIANTS: dict[str, str] = {
         "WHERE l.total_micro_eur > h.amount",
     "vendor and exchange accounts are never negative":
         "SELECT name, balance FROM accounts WHERE kind IN ('vendor', 'exchange') AND balance < 0",
+    "a wallet never goes below zero":
+        "SELECT name, balance FROM accounts WHERE kind = 'tenant' AND balance < 0",
+    "money enters only by deposits: the funding account is minus the deposits":
+        "SELECT a.balance, d.sum FROM accounts a, (SELECT COALESCE(sum(amount), 0) AS sum FROM deposits) d "
+        "WHERE a.name = 'external:funding' AND a.balance <> -d.sum",
 }
 
 

@@ -27,6 +27,7 @@ async def test_the_agent_runs_a_job_as_a_process_and_its_measured_usage_is_charg
                                 heartbeat_s=3600, sample_interval_s=0.1))
     await agent.start()
     serving = asyncio.create_task(agent.serve())
+    await exchange.wait_offers(len(agent.offers))  # continuous matching: the book must hold them all first
     try:
         doc = {
             "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
@@ -61,6 +62,7 @@ async def test_a_job_whose_process_fails_is_reported_failed_and_still_settles(
                                 heartbeat_s=3600, sample_interval_s=0.1))
     await agent.start()
     serving = asyncio.create_task(agent.serve())
+    await exchange.wait_offers(len(agent.offers))  # continuous matching: the book must hold them all first
     try:
         doc = {
             "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",

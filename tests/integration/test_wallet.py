@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from libs.common.localinfra import Infra
+from tests.e2e.test_seed_job import offer, seed_manifest, submit
 from tests.integration.test_dead_letters import smctl
 from tests.support import Exchange
 
@@ -13,14 +16,14 @@ pytestmark = pytest.mark.integration
 
 async def test_a_deposit_credits_the_wallet_once_per_reference_and_the_ledger_balances(
         exchange: Exchange, infra: Infra) -> None:
-    code, out = await smctl(infra, "wallet", "deposit", "xyz", "100", "--reference", "pay-1")
-    assert code == 0 and "deposited; wallet xyz: 100.000000 EUR available" in out, out
-    code, out = await smctl(infra, "wallet", "deposit", "xyz", "12.5", "--reference", "pay-2")
+    code, out = await smctl(infra, "wallet", "deposit", "abc", "100", "--reference", "pay-1")
+    assert code == 0 and "deposited; wallet abc: 100.000000 EUR available" in out, out
+    code, out = await smctl(infra, "wallet", "deposit", "abc", "12.5", "--reference", "pay-2")
     assert code == 0 and "112.500000 EUR available" in out, out
-    code, out = await smctl(infra, "wallet", "deposit", "xyz", "100", "--reference", "pay-1")  # the same payment
+    code, out = await smctl(infra, "wallet", "deposit", "abc", "100", "--reference", "pay-1")  # the same payment
     assert code == 1 and "reference: 'pay-1' was deposited already" in out, out
     await exchange.quiet()
-    wallet = await exchange.query("settlement", "wallet", tenant="xyz")
+    wallet = await exchange.query("settlement", "wallet", tenant="abc")
     assert (wallet["balance_micro_eur"], wallet["deposited_micro_eur"]) == (112_500_000, 112_500_000)
     assert (await exchange.query("settlement", "ledger_check"))["ok"]
 
@@ -30,5 +33,40 @@ async def test_a_deposit_credits_the_wallet_once_per_reference_and_the_ledger_ba
     ("NaN", "amount: must be a finite number"), ("1.0000001", "amount: has more than 6 decimals"),
     ("2e6", "amount: is larger than 1,000,000 EUR"), ("lots", "amount: must be a number of euros")])
 async def test_a_bad_deposit_amount_is_refused_naming_the_field(infra: Infra, amount: str, reason: str) -> None:
-    code, out = await smctl(infra, "wallet", "deposit", "xyz", "--", amount)  # `--`: "-5" is no option
+    code, out = await smctl(infra, "wallet", "deposit", "abc", "--", amount)  # `--`: "-5" is no option
     assert code == 1 and reason in out, out
+
+
+def manifest_for(tenant: str, name: str) -> dict[str, object]:
+    doc = seed_manifest()
+    doc["metadata"] = {"name": name, "namespace": tenant}
+    return doc
+
+
+async def test_a_job_whose_hold_the_wallet_cannot_cover_is_refused_before_it_is_placed(exchange: Exchange) -> None:
+    await offer(exchange, "safespring", "std-4c-16g", 38_000)
+    await exchange.wait_offers(1)
+    await exchange.deposit("poor", 10_000_000)  # €10; the seed job holds €50 (cap €50 x 1 DTU x 1 h)
+    await submit(exchange, manifest_for("poor", "too-dear"))
+    job = await exchange.wait_status("poor", "too-dear", "refused")
+    refusal = next(t for t in job["timeline"] if t["type"] == "InsufficientFunds")
+    assert "the hold of €50.000000 exceeds the wallet's €10.000000" in refusal["detail"]
+    await exchange.quiet()
+    assert await exchange.query("placement", "workloads") == []
+    [book] = await exchange.query("matching", "offers")
+    assert Decimal(str(book["free_vcpu"])) == 4  # the reservation was released
+    assert (await exchange.query("settlement", "ledger_check"))["ok"]
+
+
+async def test_two_racing_jobs_the_balance_cannot_both_cover_do_not_both_pass(exchange: Exchange) -> None:
+    await offer(exchange, "safespring", "std-8c-32g", 38_000, vcpu=8, memory_gib=32)
+    await exchange.wait_offers(1)
+    await exchange.deposit("some", 60_000_000)  # €60: one €50 hold fits, two do not
+    await submit(exchange, manifest_for("some", "first"))
+    await submit(exchange, manifest_for("some", "second"))
+    await exchange.quiet()
+    statuses = sorted([(await exchange.job("some", n))["status"] for n in ("first", "second")])  # type: ignore[index]
+    assert statuses == ["placed", "refused"]
+    wallet = await exchange.query("settlement", "wallet", tenant="some")
+    assert (wallet["balance_micro_eur"], wallet["held_micro_eur"]) == (10_000_000, 50_000_000)
+    assert (await exchange.query("settlement", "ledger_check"))["ok"]

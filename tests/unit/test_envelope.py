@@ -21,7 +21,7 @@ from libs.common.events.matching import ConstraintMiss, JobExpired, JobMatched, 
 from libs.common.events.metering import MeterClosed
 from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
 from libs.common.events.sdk import DepositRequested, JobSubmitted
-from libs.common.events.settlement import ChargePosted, FundsDeposited, FundsHeld, HoldReleased
+from libs.common.events.settlement import ChargePosted, FundsDeposited, FundsHeld, HoldReleased, InsufficientFunds
 from libs.common.ids import derived_id
 from libs.common.manifest import FieldError, JobRequest, Resources, Restrictions
 
@@ -77,6 +77,8 @@ SAMPLES: dict[type[Payload], Payload] = {
     HoldReleased: HoldReleased(job_id=JOB, tenant="xyz", amount_micro_eur=74_941_575),
     DepositRequested: DepositRequested(tenant="xyz", amount_micro_eur=100_000_000, reference="pay-1"),
     FundsDeposited: FundsDeposited(tenant="xyz", amount_micro_eur=100_000_000, reference="pay-1"),
+    InsufficientFunds: InsufficientFunds(job_id=JOB, tenant="xyz", name="my-first-sparkjob",
+                                         needed_micro_eur=50_000_000, available_micro_eur=10_000_000),
 }
 
 REGISTERED = sorted(all_events().items())

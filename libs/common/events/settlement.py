@@ -6,13 +6,28 @@ from uuid import UUID
 
 from libs.common.envelope import Payload
 from libs.common.events import event
+from libs.common.events.matching import JobMatched
 
 
 @event("FundsHeld", subject="settlement.funds.held")
 class FundsHeld(Payload):
+    """The job's money is in escrow: placement may now run it (the match travels along)."""
+
     job_id: UUID
     tenant: str
-    amount_micro_eur: int  # cap x DTU rate x expected hours
+    amount_micro_eur: int  # (caps x DTUs and GPUs) x expected hours
+    match: JobMatched | None = None
+
+
+@event("InsufficientFunds", subject="settlement.funds.insufficient")
+class InsufficientFunds(Payload):
+    """The wallet cannot cover the job's hold: the job is refused before it is placed."""
+
+    job_id: UUID
+    tenant: str
+    name: str
+    needed_micro_eur: int
+    available_micro_eur: int
 
 
 @event("ChargePosted", subject="settlement.charge.posted")

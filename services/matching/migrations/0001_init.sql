@@ -24,7 +24,7 @@ CREATE TABLE pending_jobs (
     request     jsonb       NOT NULL,
     accepted_at timestamptz NOT NULL,
     not_after   timestamptz NOT NULL,
-    status      text        NOT NULL CHECK (status IN ('waiting', 'matched', 'expired'))
+    status      text        NOT NULL CHECK (status IN ('waiting', 'matched', 'expired', 'refused'))
 );
 CREATE INDEX pending_waiting ON pending_jobs (accepted_at) WHERE status = 'waiting';
 -- capacity held by a matched job until its workload ends
