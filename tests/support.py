@@ -99,10 +99,25 @@ class Exchange:
         await eventually(check, what=f"{n} offers in the book")
 
     async def quiet(self, timeout: float = 60.0) -> None:
-        """Wait until every durable consumer has handled everything and every outbox is published."""
+        """Wait until every durable consumer has handled everything and every outbox is published, and
+        stays so while no stream grows: one look at several consumers is no snapshot."""
         busy: list[str] = []
+        seen: list[int] = []
+
+        async def total() -> int:
+            return sum([(await self.js.stream_info(name)).state.messages for name in STREAMS])
 
         async def check() -> bool:
+            if not await drained():
+                seen.clear()
+                return False
+            seen.append(await total())
+            if len(seen) < 3 or len(set(seen[-3:])) > 1:
+                await asyncio.sleep(0.1)
+                return False
+            return True
+
+        async def drained() -> bool:
             busy.clear()
             for name in STREAMS:
                 for c in await self.js.consumers_info(name):
