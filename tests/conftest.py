@@ -86,12 +86,12 @@ async def exchange(infra: Infra, bus: tuple[NATS, JetStreamContext]) -> AsyncIte
         settlement(SettlementSettings(settlement_schema=schemas["settlement"], settlement_fee_bps=250)),
     ]
     ex = Exchange(nc=nc, js=js, database_url=infra.database_url, schemas=schemas)
-    for svc in services:
-        rt = Runtime(svc, infra.nats_url, infra.database_url, batch_size=100)
-        await rt.start()
-        ex.runtimes[svc.name] = rt
-    await ex.deposit("xyz", 1_000_000_000)  # €1,000: the tests' tenant can pay for its jobs
-    try:
+    try:  # whatever fails in here, every runtime started is stopped: none may outlive its test
+        for svc in services:
+            rt = Runtime(svc, infra.nats_url, infra.database_url, batch_size=100)
+            ex.runtimes[svc.name] = rt
+            await rt.start()
+        await ex.deposit("xyz", 1_000_000_000)  # €1,000: the tests' tenant can pay for its jobs
         yield ex
     finally:
         for rt in ex.runtimes.values():

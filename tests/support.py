@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 
 from libs.common.bus import Runtime
@@ -49,7 +50,14 @@ class Exchange:
         await self.js.publish(subject_for(env), env.to_bytes(), headers={"Nats-Msg-Id": msg_id or str(env.id)})
 
     async def query(self, service: str, what: str, /, **req: Any) -> Any:
-        reply = await self.nc.request(query(service, what), json.dumps(req).encode(), timeout=5)
+        for attempt in range(50):
+            try:
+                reply = await self.nc.request(query(service, what), json.dumps(req).encode(), timeout=5)
+                break
+            except NoRespondersError:  # a service that has just started may not be reachable yet
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
         body = json.loads(reply.data)
         assert body["ok"], body
         return body["result"]

@@ -258,6 +258,9 @@ class Exchange:
         await self._publish(env)
         return env.id
 
+    async def journal(self, tenant: str, name: str) -> dict[str, Any] | None:
+        return await self.query("settlement", "journal", tenant=tenant, name=name)
+
     async def wallet(self, tenant: str) -> dict[str, Any]:
         return await self.query("settlement", "wallet", tenant=tenant)
 

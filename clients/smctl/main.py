@@ -513,3 +513,30 @@ def wallet_show(ctx: typer.Context, tenant: str, output: OutputOpt = Output.tabl
     console.print(f"wallet {tenant}: {eur(w['balance_micro_eur'])} EUR available, "
                   f"{eur(w['held_micro_eur'])} EUR held for running jobs, "
                   f"{eur(w['deposited_micro_eur'])} EUR deposited in all ({len(w['deposits'])} deposits)")
+
+
+@ledger_app.command("journal")
+@cli_errors
+def ledger_journal(ctx: typer.Context, job: Annotated[str, typer.Option("--job", help="The job's name.")],
+                   tenant: Annotated[str, typer.Option("--namespace", "-n", "--tenant", help="The tenant.")],
+                   output: OutputOpt = Output.table) -> None:
+    """Every transfer of a job, with the event that caused it (trace an invoice line to its money)."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.journal(tenant, job)
+
+    j = run(go())
+    if j is None:
+        raise CliError(f"no money moved for job {tenant}/{job} (never matched, or refused)")
+    if output is not Output.table:
+        render.emit_data(console, j, output)
+        return
+    table = Table(title=f"journal of {tenant}/{job}: hold {eur(j['hold_micro_eur'])} EUR ({j['hold_status']})",
+                  title_justify="left")
+    for col in ("AT", "KIND", "FROM", "TO", "EUR", "CAUSED BY EVENT"):
+        table.add_column(col, justify="right" if col == "EUR" else "left", no_wrap=col != "CAUSED BY EVENT")
+    for t in j["transfers"]:
+        table.add_row(str(t["at"])[:19].replace("T", " "), t["kind"], t["debit"], t["credit"], eur(t["amount"]),
+                      str(t["event_id"]))
+    console.print(table)

@@ -36,5 +36,6 @@ def create_service(settings: SettlementSettings) -> Service:
             Subscription(streams.SETTLEMENT_DEPOSIT, service.deposit, time_from_stream=True),
         ],
         queries={"invoice": q_invoice, "ledger_check": q_ledger_check,
-                 "wallet": lambda con, req: store.wallet(con, str(req["tenant"]))},
+                 "wallet": lambda con, req: store.wallet(con, str(req["tenant"])),
+                 "journal": lambda con, req: store.journal(con, str(req["tenant"]), str(req["name"]))},
     )

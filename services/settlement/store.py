@@ -97,6 +97,19 @@ async def wallet(con: asyncpg.Connection, tenant: str) -> dict[str, Any]:
             "deposited_micro_eur": sum(r["amount"] for r in deposits), "deposits": [dict(r) for r in deposits]}
 
 
+async def journal(con: asyncpg.Connection, tenant: str, name: str) -> dict[str, Any] | None:
+    """Every transfer of a job, in order, with the event that caused it: an invoice line traced to its money."""
+    hold = await con.fetchrow("SELECT job_id, amount, status, vendor FROM holds WHERE tenant = $1 AND name = $2",
+                              tenant, name)
+    if hold is None:
+        return None
+    rows = await con.fetch("SELECT transfer_id, kind, debit, credit, amount, event_id, at FROM transfers "
+                           "WHERE job_id = $1 ORDER BY at, CASE kind WHEN 'hold' THEN 0 WHEN 'charge' THEN 1 "
+                           "WHEN 'fee' THEN 2 ELSE 3 END", hold["job_id"])
+    return {"tenant": tenant, "name": name, "job_id": hold["job_id"], "vendor": hold["vendor"],
+            "hold_micro_eur": hold["amount"], "hold_status": hold["status"], "transfers": [dict(r) for r in rows]}
+
+
 async def invoice(con: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:
     rows = await con.fetch("SELECT * FROM invoice_lines WHERE tenant = $1 ORDER BY at, name", tenant)
     return [dict(r) for r in rows]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
 
 from libs.common.localinfra import Infra
-from tests.e2e.test_seed_job import offer, seed_manifest, submit
+from tests.e2e.test_seed_job import assignment, offer, run_as_vendor, seed_manifest, submit
 from tests.integration.test_dead_letters import smctl
 from tests.support import Exchange
 
@@ -70,3 +71,21 @@ async def test_two_racing_jobs_the_balance_cannot_both_cover_do_not_both_pass(ex
     wallet = await exchange.query("settlement", "wallet", tenant="some")
     assert (wallet["balance_micro_eur"], wallet["held_micro_eur"]) == (10_000_000, 50_000_000)
     assert (await exchange.query("settlement", "ledger_check"))["ok"]
+
+
+async def test_the_journal_traces_a_jobs_invoice_line_to_its_transfers(exchange: Exchange, infra: Infra) -> None:
+    await offer(exchange, "safespring", "std-4c-16g", 38_000)
+    await exchange.wait_offers(1)
+    await submit(exchange, seed_manifest())
+    await run_as_vendor(exchange, await assignment(exchange, "safespring"), [(1800, 3600, 1)])
+    await exchange.wait_status("xyz", "my-first-sparkjob", "settled")
+    code, out = await smctl(infra, "ledger", "journal", "--job", "my-first-sparkjob", "-n", "xyz", "-o", "json")
+    assert code == 0, out
+    moves = [(t["kind"], t["debit"], t["credit"], t["amount"]) for t in json.loads(out)["transfers"]]
+    # hold €50; charge 0.5 DTU-h x €0.038 = €0.019; fee 2.5 % = €0.000475; the rest back to the wallet
+    assert moves == [("hold", "tenant:xyz", "escrow:xyz", 50_000_000),
+                     ("charge", "escrow:xyz", "vendor:safespring", 19_000),
+                     ("fee", "escrow:xyz", "exchange:fees", 475),
+                     ("release", "escrow:xyz", "tenant:xyz", 50_000_000 - 19_475)]
+    code, out = await smctl(infra, "ledger", "journal", "--job", "nothing", "-n", "xyz")
+    assert code == 1 and "no money moved for job xyz/nothing" in out
