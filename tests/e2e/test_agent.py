@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -21,25 +23,38 @@ from tests.support import Exchange
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
-async def test_the_agent_runs_a_job_as_a_process_and_its_measured_usage_is_charged(
-        exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
-    agent = Agent(AgentSettings(nats_url=infra.nats_url, vendors="elastx,safespring", state_dir=tmp_path,
+@asynccontextmanager
+async def serving_agent(exchange: Exchange, infra: Infra, state_dir: Path, vendors: str) -> AsyncIterator[Agent]:
+    """A real vendor agent serving in this event loop, its offers in matching's book before any job comes."""
+    agent = Agent(AgentSettings(nats_url=infra.nats_url, vendors=vendors, state_dir=state_dir,
                                 heartbeat_s=3600, sample_interval_s=0.1))
     await agent.start()
     serving = asyncio.create_task(agent.serve())
     await exchange.wait_offers(len(agent.offers))  # continuous matching: the book must hold them all first
     try:
-        doc = {
-            "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
-            "metadata": {"name": "squares", "namespace": "xyz"},
-            "spec": {"notAfter": (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(),
-                     "maxEuroPerDTU": 1, "expectedDuration": "10m",
-                     "command": ["python3", "-c",
-                                 "import os; print(sum(i * i for i in range(4_000_000)), os.environ['N'])"],
-                     "env": {"N": "42"}, "restrictions": {"region": "Sweden"}},
-        }
-        await exchange.publish(new_envelope(JobSubmitted(manifest=doc), source="sdk", party="t-xyz",
-                                            correlation_id=job_id("xyz", "squares")))
+        yield agent
+    finally:
+        serving.cancel()
+        assert agent.nc is not None
+        await agent.nc.close()
+
+
+async def submit_job(exchange: Exchange, name: str, **spec: object) -> None:
+    doc = {"apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
+           "metadata": {"name": name, "namespace": "xyz"},
+           "spec": {"notAfter": (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(), "maxEuroPerDTU": 1,
+                    **spec}}
+    await exchange.publish(new_envelope(JobSubmitted(manifest=doc), source="sdk", party="t-xyz",
+                                        correlation_id=job_id("xyz", name)))
+
+
+async def test_the_agent_runs_a_job_as_a_process_and_its_measured_usage_is_charged(
+        exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
+    async with serving_agent(exchange, infra, tmp_path, "elastx,safespring"):
+        await submit_job(exchange, "squares", expectedDuration="10m", env={"N": "42"},
+                         restrictions={"region": "Sweden"},
+                         command=["python3", "-c",
+                                  "import os; print(sum(i * i for i in range(4_000_000)), os.environ['N'])"])
         job = await exchange.wait_status("xyz", "squares", "settled", timeout=60)
         assert job["outcome"] == "finished" and job["vendor"] == "safespring"
         [meter] = await exchange.query("metering", "meters")
@@ -50,37 +65,17 @@ async def test_the_agent_runs_a_job_as_a_process_and_its_measured_usage_is_charg
         assert out.split() == [str(sum(i * i for i in range(4_000_000))), "42"]
         assert job["total_micro_eur"] > 0
         assert (await exchange.query("settlement", "ledger_check"))["ok"]
-    finally:
-        serving.cancel()
-        assert agent.nc is not None
-        await agent.nc.close()
 
 
 async def test_a_job_whose_process_fails_is_reported_failed_and_still_settles(
         exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
-    agent = Agent(AgentSettings(nats_url=infra.nats_url, vendors="safespring", state_dir=tmp_path,
-                                heartbeat_s=3600, sample_interval_s=0.1))
-    await agent.start()
-    serving = asyncio.create_task(agent.serve())
-    await exchange.wait_offers(len(agent.offers))  # continuous matching: the book must hold them all first
-    try:
-        doc = {
-            "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
-            "metadata": {"name": "broken", "namespace": "xyz"},
-            "spec": {"notAfter": (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(),
-                     "maxEuroPerDTU": 1, "command": ["python3", "-c", "raise SystemExit('no input')"]},
-        }
-        await exchange.publish(new_envelope(JobSubmitted(manifest=doc), source="sdk", party="t-xyz",
-                                            correlation_id=job_id("xyz", "broken")))
+    async with serving_agent(exchange, infra, tmp_path, "safespring"):
+        await submit_job(exchange, "broken", command=["python3", "-c", "raise SystemExit('no input')"])
         job = await exchange.wait_status("xyz", "broken", "settled", timeout=60)
         assert job["outcome"] == "failed"
         failed = next(t for t in job["timeline"] if t["type"] == "WorkloadFailed")
         assert "exit code 1" in failed["detail"] and "no input" in failed["detail"]
         assert (await exchange.query("settlement", "ledger_check"))["ok"]
-    finally:
-        serving.cancel()
-        assert agent.nc is not None
-        await agent.nc.close()
 
 
 async def test_a_workload_interrupted_by_an_agent_crash_is_stopped_and_reported_failed_on_restart(
@@ -89,14 +84,7 @@ async def test_a_workload_interrupted_by_an_agent_crash_is_stopped_and_reported_
                                 heartbeat_s=3600, sample_interval_s=0.1))
     await first.start()
     serving = asyncio.create_task(first.serve())
-    doc = {
-        "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1", "kind": "job",
-        "metadata": {"name": "long", "namespace": "xyz"},
-        "spec": {"notAfter": (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(), "maxEuroPerDTU": 1,
-                 "command": ["python3", "-c", "import time; time.sleep(120)"]},
-    }
-    await exchange.publish(new_envelope(JobSubmitted(manifest=doc), source="sdk", party="t-xyz",
-                                        correlation_id=job_id("xyz", "long")))
+    await submit_job(exchange, "long", command=["python3", "-c", "import time; time.sleep(120)"])
     await exchange.wait_status("xyz", "long", "running")
     [workload] = await exchange.query("placement", "workloads")
     pid = int((tmp_path / "workloads" / workload["workload_id"] / "pid").read_text())
