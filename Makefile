@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-unit test-e2e lint demo up down bench clean
+.PHONY: install test test-unit test-e2e lint demo up down bench bench-matching chaos clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ down: install
 
 bench: install  ## throughput and latency of the five services vs bare JetStream (starts its own NATS and PostgreSQL)
 	$(PY) bench/pipeline.py
+
+bench-matching: install  ## the order book at 100,000 offers and jobs vs a naive matcher and HTCondor ClassAds; continuous vs periodic clearing (a few minutes)
+	$(PY) bench/matching.py $(BENCH_MATCHING_ARGS)
+
+chaos: install  ## 2,000 jobs through the five services as processes while services, NATS and PostgreSQL are killed
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

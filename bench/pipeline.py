@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import logging
 import math
@@ -40,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import asyncpg  # noqa: E402
 import nats  # noqa: E402
@@ -51,78 +51,43 @@ from nats.js import JetStreamContext  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from workload import (  # noqa: E402  (bench/workload.py: shared with bench/chaos.py)
+    CAP_EUR,
+    RAW_FINAL,
+    RAW_HOPS,
+    RAW_STREAMS,
+    TENANTS,
+    TRACE,
+    FakeVendor,
+    Task,
+    ask,
+    cancel_all,
+    consumer_counts,
+    delete_streams,
+    manifest,
+    percentile,
+    raw_hop,
+    stream_counts,
+    trace_tasks,
+    wait_for,
+)
 
 from clients.agent.catalog import default_data_dir  # noqa: E402
 from libs.common.bus import Runtime  # noqa: E402
-from libs.common.envelope import new_envelope, parse_envelope  # noqa: E402
-from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported  # noqa: E402
+from libs.common.envelope import new_envelope  # noqa: E402
+from libs.common.events.agent import OfferPublished  # noqa: E402
 from libs.common.events.sdk import DepositRequested, JobSubmitted  # noqa: E402
 from libs.common.ids import job_id, offer_id  # noqa: E402
 from libs.common.localinfra import Infra, ensure_infra  # noqa: E402
 from libs.common.streams import DUPLICATE_WINDOW_S, MAX_AGE_S, STREAMS, ensure_streams  # noqa: E402
-from libs.common.subjects import CHARGE_POSTED_ANY, WORKLOAD_ASSIGNED_ANY, query, subject_for  # noqa: E402
+from libs.common.subjects import CHARGE_POSTED_ANY, subject_for  # noqa: E402
 
 SERVICES = ("intake", "matching", "placement", "metering", "settlement")
-TRACE = "alibaba-gpu-v2023/openb_pod_list_default.csv"
-TENANTS = 20
-GIB = 2**30
 PRICE_BASE = 30_000  # micro-EUR per DTU-hour of the cheapest offer; the others are a little dearer
-CAP_EUR = "0.05"  # every job's price cap: above every offer's price
-TIMEOUTS = (asyncio.TimeoutError, nats.errors.TimeoutError)
 console = Console(width=max(160, shutil.get_terminal_size((160, 24)).columns), highlight=False)
 
 
-# -- the jobs: CPU tasks of the Alibaba GPU cluster trace ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    cpu_milli: int
-    memory_mib: int
-    duration_s: int
-
-
-def trace_tasks(traces: Path) -> list[Task]:
-    """Tasks that request no GPU, in trace order; duration = deletion - creation time."""
-    out = []
-    with open(traces / TRACE, newline="") as f:
-        for r in csv.DictReader(f):
-            if int(r["num_gpu"]) != 0:
-                continue
-            duration = int(r["deletion_time"]) - int(r["creation_time"])
-            if duration > 0 and int(r["cpu_milli"]) > 0 and int(r["memory_mib"]) > 0:
-                out.append(Task(r["name"], int(r["cpu_milli"]), int(r["memory_mib"]), duration))
-    if not out:
-        raise SystemExit(f"no CPU tasks in {traces / TRACE}")
-    return out
-
-
-def manifest(i: int, task: Task, not_after: datetime, run: str) -> dict[str, Any]:
-    """The i-th job: the i-th CPU task of the trace (cycled), tenant bench00..bench19."""
-    return {
-        "apiVersion": "strongmoose.dsoderlund.consulting/v1alpha1",
-        "kind": "job",
-        "metadata": {"name": f"{run}{i:05d}-{task.name}", "namespace": f"bench{i % TENANTS:02d}"},
-        "spec": {
-            "image": "python:3.11-slim",
-            "notAfter": not_after.isoformat(),
-            "maxEuroPerDTU": CAP_EUR,
-            "scriptPath": "/bench/task.py",
-            "resources": {"cpu": f"{task.cpu_milli}m", "memory": f"{task.memory_mib}Mi"},
-            "expectedDuration": task.duration_s,
-        },
-    }
-
-
 # -- measuring -------------------------------------------------------------------------------------------------
-
-def percentile(xs: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
-
 
 class CpuMeter:
     """CPU seconds (user + system) of this process, nats-server and PostgreSQL (postmaster + backends)."""
@@ -282,87 +247,6 @@ class HopTracer:
         return out
 
 
-async def delete_streams(js: JetStreamContext, names: list[str]) -> None:
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
-
-
-async def stream_counts(js: JetStreamContext, names: list[str]) -> dict[str, tuple[int, int]]:
-    out = {}
-    for name in names:
-        st = (await js.stream_info(name)).state
-        out[name] = (st.messages, st.bytes)
-    return out
-
-
-async def consumer_counts(js: JetStreamContext, names: list[str]) -> dict[str, dict[str, int]]:
-    out = {}
-    for name in names:
-        for c in await js.consumers_info(name):
-            out[c.name] = {"delivered": c.delivered.consumer_seq if c.delivered else 0,
-                           "redelivered": c.num_redelivered or 0, "pending": c.num_pending or 0,
-                           "ack_pending": c.num_ack_pending or 0}
-    return out
-
-
-# -- the fake vendor -------------------------------------------------------------------------------------------
-
-class FakeVendor:
-    """Every vendor at once: for each WorkloadAssigned, a running report, two cumulative usage samples and a
-    succeeded report, published pipelined; assignments are pulled in batches and acked after the acks."""
-
-    def __init__(self, js: JetStreamContext, batch: int):
-        self.js, self.batch = js, batch
-        self.handled = 0
-        self.cpu_s = 0.0  # time spent building envelopes (harness work, not the exchange's)
-        self.stopped = False
-
-    def reports(self, assigned: Any) -> list[Any]:
-        p = assigned.payload
-        party, corr, t0 = f"v-{p.vendor}", p.job_id, p.start_at
-        res, d = p.request.resources, p.request.expected_duration_s
-        vcpu, mem_bytes = float(res.vcpu), float(res.memory_gib) * GIB
-
-        def ev(payload: Any) -> Any:
-            return new_envelope(payload, source="agent", party=party, correlation_id=corr)
-
-        def sample(seq: int, frac: float, util: float, mem_frac: float) -> Any:
-            wall_us = int(d * frac * 1_000_000)
-            return ev(UsageSampled(workload_id=p.workload_id, job_id=p.job_id, vendor=p.vendor, tenant=p.request.tenant,
-                                   seq=seq, at=t0 + timedelta(microseconds=wall_us), cpu_us=int(vcpu * util * wall_us),
-                                   wall_us=wall_us, rss_peak_bytes=int(mem_bytes * mem_frac)))
-        return [
-            ev(WorkloadReported(workload_id=p.workload_id, job_id=p.job_id, vendor=p.vendor, status="running", at=t0)),
-            sample(1, 0.5, 0.6, 0.5),
-            sample(2, 1.0, 0.6, 0.7),
-            ev(WorkloadReported(workload_id=p.workload_id, job_id=p.job_id, vendor=p.vendor, status="succeeded",
-                                at=t0 + timedelta(seconds=d), exit_code=0, last_usage_seq=2)),
-        ]
-
-    async def run(self) -> None:
-        psub = await self.js.pull_subscribe(
-            WORKLOAD_ASSIGNED_ANY, durable="bench-vendor", stream="PLACEMENT",
-            config=ConsumerConfig(durable_name="bench-vendor", ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
-                                  max_ack_pending=20_000, filter_subject=WORKLOAD_ASSIGNED_ANY))
-        while not self.stopped:
-            try:
-                msgs = await psub.fetch(self.batch, timeout=1.0)
-            except TIMEOUTS:
-                continue
-            t = time.thread_time()
-            out = [(subject_for(e), e.to_bytes(), {"Nats-Msg-Id": str(e.id)})
-                   for m in msgs for e in self.reports(parse_envelope(m.data))]
-            self.cpu_s += time.thread_time() - t
-            futures = [await self.js.publish_async(s, data, headers=h) for s, data, h in out]
-            await asyncio.gather(*futures)
-            for m in msgs:
-                await m.ack()
-            self.handled += len(msgs)
-
-
 # -- phase: the pipeline ---------------------------------------------------------------------------------------
 
 def make_services(schemas: dict[str, str]) -> list[Any]:
@@ -384,38 +268,6 @@ def make_services(schemas: dict[str, str]) -> list[Any]:
         metering(MeteringSettings(metering_schema=schemas["metering"])),
         settlement(SettlementSettings(settlement_schema=schemas["settlement"], settlement_fee_bps=250)),
     ]
-
-
-async def ask(nc: NATS, service: str, what: str, timeout: float = 10.0, **req: Any) -> Any:
-    reply = await nc.request(query(service, what), json.dumps(req).encode(), timeout=timeout)
-    body = json.loads(reply.data)
-    if not body["ok"]:
-        raise RuntimeError(f"query {service}.{what} failed: {body}")
-    return body["result"]
-
-
-async def wait_for(check: Any, timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise TimeoutError(f"timed out waiting for {what}; last: {last!r}")
-
-
-async def cancel_all(tasks: list[asyncio.Task[Any]], rounds: int = 50) -> list[str]:
-    """Cancel until done: a task inside nats-py's fetch can swallow a cancellation (asyncio.wait_for on
-    Python 3.11 returns the result when it completes at the moment of the cancel), so cancel again."""
-    for _ in range(rounds):
-        pending = [t for t in tasks if not t.done()]
-        if not pending:
-            return []
-        for t in pending:
-            t.cancel()
-        await asyncio.wait(pending, timeout=0.2)
-    return [t.get_name() for t in tasks if not t.done()]
 
 
 async def stop_runtime(rt: Runtime, timeout: float = 15.0) -> str | None:
@@ -638,59 +490,6 @@ async def run_pipeline(infra: Infra, args: argparse.Namespace, tasks: list[Task]
 
 
 # -- phase: raw JetStream ------------------------------------------------------------------------------------------
-
-RAW_STREAMS = {f"BENCHRAW_{s}": [f"rb.{s.lower()}.>"]
-               for s in ("SDK", "INTAKE", "MATCHING", "PLACEMENT", "AGENT", "METERING", "SETTLEMENT")}
-# (process, durable, stream, filter, {input subject: output subjects}): the pipeline's consumer graph, one raw
-# consumer per service consumer, each republishing what that service publishes for the message.
-RAW_HOPS: list[tuple[str, str, str, str, dict[str, list[str]]]] = [
-    ("intake", "intake-submitted", "BENCHRAW_SDK", "rb.sdk.submitted", {"rb.sdk.submitted": ["rb.intake.accepted"]}),
-    ("matching", "matching-accepted", "BENCHRAW_INTAKE", "rb.intake.accepted",
-     {"rb.intake.accepted": ["rb.matching.matched"]}),
-    ("intake", "intake-matching", "BENCHRAW_MATCHING", "rb.matching.>", {}),
-    ("placement", "placement-matched", "BENCHRAW_MATCHING", "rb.matching.matched",
-     {"rb.matching.matched": ["rb.placement.assigned"]}),
-    ("settlement", "settlement-matched", "BENCHRAW_MATCHING", "rb.matching.matched",
-     {"rb.matching.matched": ["rb.settlement.held"]}),
-    ("intake", "intake-placement", "BENCHRAW_PLACEMENT", "rb.placement.>", {}),
-    ("vendor", "vendor-assigned", "BENCHRAW_PLACEMENT", "rb.placement.assigned",
-     {"rb.placement.assigned": ["rb.agent.reported.running", "rb.agent.usage.sampled", "rb.agent.usage.sampled",
-                                "rb.agent.reported.succeeded"]}),
-    ("placement", "placement-reported", "BENCHRAW_AGENT", "rb.agent.reported.*",
-     {"rb.agent.reported.running": ["rb.placement.started"], "rb.agent.reported.succeeded": ["rb.placement.finished"]}),
-    ("metering", "metering-usage", "BENCHRAW_AGENT", "rb.agent.usage.sampled", {}),
-    ("metering", "metering-started", "BENCHRAW_PLACEMENT", "rb.placement.started", {}),
-    ("metering", "metering-finished", "BENCHRAW_PLACEMENT", "rb.placement.finished",
-     {"rb.placement.finished": ["rb.metering.closed"]}),
-    ("matching", "matching-finished", "BENCHRAW_PLACEMENT", "rb.placement.finished", {}),
-    ("intake", "intake-metering", "BENCHRAW_METERING", "rb.metering.closed", {}),
-    ("settlement", "settlement-closed", "BENCHRAW_METERING", "rb.metering.closed",
-     {"rb.metering.closed": ["rb.settlement.charged", "rb.settlement.released"]}),
-    ("intake", "intake-charged", "BENCHRAW_SETTLEMENT", "rb.settlement.charged", {}),
-]
-RAW_FINAL = "rb.settlement.charged"
-
-
-async def raw_hop(js: JetStreamContext, psub: Any, routes: dict[str, list[str]], batch: int,
-                  stop: asyncio.Event) -> None:
-    """Pull a batch, republish each message to its next subjects pipelined, await the acks, ack the batch."""
-    while not stop.is_set():
-        try:
-            msgs = await psub.fetch(batch, timeout=1.0)
-        except TIMEOUTS:
-            continue
-        futures = []
-        for m in msgs:
-            outs = routes.get(m.subject)
-            if outs:
-                jid = m.data[:36].decode()
-                for k, s in enumerate(outs):
-                    futures.append(await js.publish_async(s, m.data, headers={"Nats-Msg-Id": f"{jid}:{s}:{k}"}))
-        if futures:
-            await asyncio.gather(*futures)
-        for m in msgs:
-            await m.ack()
-
 
 async def run_raw(infra: Infra, args: argparse.Namespace, jobs: int, batch: int, msg_bytes: int,
                   cpu: CpuMeter) -> Result:

@@ -93,6 +93,7 @@ async def exchange(infra: Infra, bus: tuple[NATS, JetStreamContext]) -> AsyncIte
             await rt.start()
         await ex.deposit("xyz", 1_000_000_000)  # €1,000: the tests' tenant can pay for its jobs
         yield ex
+        await assert_ledger_holds(infra.database_url, schemas["settlement"])  # after every scenario
     finally:
         for rt in ex.runtimes.values():
             await rt.stop()
@@ -102,3 +103,16 @@ async def exchange(infra: Infra, bus: tuple[NATS, JetStreamContext]) -> AsyncIte
                 await con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         finally:
             await con.close()
+
+
+async def assert_ledger_holds(database_url: str, schema: str) -> None:
+    """Every ledger invariant, read straight from settlement's schema: each committed batch must leave
+    the ledger balanced, whatever the test did to the services."""
+    from services.settlement import store
+
+    con = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        failed = [c for c in await store.check(con) if not c["ok"]]
+    finally:
+        await con.close()
+    assert not failed, f"the ledger broke an invariant: {failed}"

@@ -2,12 +2,13 @@
 
 One process can act for several vendors (the demo runs all catalog vendors in one); each vendor's
 facts are published on its own subjects (`agent.….v-<vendor>`), and the agent's durable consumer
-listens only on its vendors' assignment subjects.
+listens only on its vendors' assignment and cancel subjects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -24,12 +25,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from clients.agent.catalog import CatalogOffer, demo_offers
-from clients.agent.runner import Usage, map_path, run_process, stop_leftover
+from clients.agent.runner import Outcome, Usage, map_path, run_process, stop_leftover
 from clients.agent.settings import AgentSettings
 from libs.common import subjects
 from libs.common.envelope import Envelope, InvalidEvent, Payload, new_envelope, parse_envelope
 from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported
-from libs.common.events.placement import WorkloadAssigned
+from libs.common.events.placement import WorkloadAssigned, WorkloadCancelRequested
 from libs.common.ids import offer_id
 from libs.common.streams import ensure_streams
 
@@ -61,6 +62,7 @@ class Agent:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.running: dict[UUID, asyncio.Task[None]] = {}
+        self.cancelled: dict[UUID, asyncio.Task[None]] = {}  # workloads whose job was cancelled: their stoppers
 
     async def publish(self, env: Envelope[Any]) -> None:
         assert self.js is not None
@@ -93,7 +95,8 @@ class Agent:
         config = ConsumerConfig(
             durable_name=f"agent-{self.settings.name}", ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, max_deliver=5, ack_wait=60,
-            filter_subjects=[subjects.workload_assigned_to(v) for v in self.vendors])
+            filter_subjects=[subjects.workload_assigned_to(v) for v in self.vendors]
+            + [subjects.workload_cancel_to(v) for v in self.vendors])
         # create, or update the filters of, the agent's durable consumer (idempotent)
         await self.js.add_consumer("PLACEMENT", config)
         self.psub = await self.js.pull_subscribe_bind(durable=config.durable_name, stream="PLACEMENT")
@@ -115,6 +118,9 @@ class Agent:
     async def on_assignment(self, m: Msg) -> None:
         try:
             env = parse_envelope(m.data)
+            if isinstance(env.payload, WorkloadCancelRequested):
+                await self.on_cancel(m, env)
+                return
             if not isinstance(env.payload, WorkloadAssigned):
                 raise InvalidEvent(f"expected WorkloadAssigned, got {env.type}")
         except InvalidEvent as e:
@@ -123,12 +129,42 @@ class Agent:
             return
         p: WorkloadAssigned = env.payload
         workdir = self.workdir(p.workload_id)
-        if p.workload_id not in self.running and not (workdir / ASSIGNMENT).exists():
+        taken = (workdir / ASSIGNMENT).exists() or (workdir / ENDED).exists()  # ENDED alone: cancelled first
+        if p.workload_id not in self.running and not taken:
             # kept before the ack: a restarted agent knows what it had taken on
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / ASSIGNMENT).write_bytes(m.data)
             self.running[p.workload_id] = asyncio.create_task(self.run_workload(env))
         await m.ack()
+
+    async def on_cancel(self, m: Msg, env: Envelope[Any]) -> None:
+        """The workload's job was cancelled: stop it, so that it is reported failed with the message
+        "cancelled" (its usage so far is paid); an assignment not taken on yet is never run."""
+        p: WorkloadCancelRequested = env.payload
+        task = self.running.get(p.workload_id)
+        workdir = self.workdir(p.workload_id)
+        if task is not None and not task.done():
+            if p.workload_id not in self.cancelled:
+                self.cancelled[p.workload_id] = asyncio.create_task(self.stop_cancelled(p.workload_id, task))
+                log.info("workload %s: its job was cancelled (%s); stopping it", p.workload_id, p.reason)
+        elif not (workdir / ASSIGNMENT).exists():
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / ENDED).write_text("cancelled")
+        await m.ack()
+
+    async def stop_cancelled(self, workload_id: UUID, task: asyncio.Task[None]) -> None:
+        """Kill the workload's process session; its process may not be started yet, so try until it is
+        killed or the workload ended on its own."""
+        workdir = self.workdir(workload_id)
+        while not task.done() and not stop_leftover(workdir):
+            await asyncio.sleep(0.05)
+
+    def cancelled_outcome(self, workload_id: UUID, outcome: Outcome) -> Outcome:
+        """A workload killed because its job was cancelled ends with the message "cancelled"; one that
+        succeeded before the kill stays a success."""
+        if workload_id in self.cancelled and outcome.exit_code != 0:
+            return dataclasses.replace(outcome, message="cancelled")
+        return outcome
 
     def workdir(self, workload_id: UUID) -> Path:
         return self.settings.state_dir.resolve() / "workloads" / str(workload_id)
@@ -187,12 +223,15 @@ class Agent:
             seq += 1
             await self.publish(ev(UsageSampled(workload_id=wid, job_id=p.job_id, vendor=vendor,
                                                tenant=p.request.tenant, seq=seq, at=datetime.now(timezone.utc),
-                                               cpu_us=u.cpu_us, wall_us=u.wall_us, rss_peak_bytes=u.rss_peak_bytes),
+                                               cpu_us=u.cpu_us, wall_us=u.wall_us, rss_peak_bytes=u.rss_peak_bytes,
+                                               witness_cpu_us=u.witness_cpu_us,
+                                               witness_rss_peak_bytes=u.witness_rss_peak_bytes),
                                   f"usage/{seq}"))
             (workdir / SEQ).write_text(str(seq))
 
         log.info("running workload %s of %s/%s on %s: %s", wid, p.request.tenant, p.request.name, vendor, command)
         outcome = await run_process(command, env, workdir, timeout, sample, self.settings.sample_interval_s)
+        outcome = self.cancelled_outcome(wid, outcome)
         ok = outcome.exit_code == 0
         await self.publish(ev(WorkloadReported(
             workload_id=wid, job_id=p.job_id, vendor=vendor, status="succeeded" if ok else "failed",

@@ -4,6 +4,11 @@ Usage is measured twice over: while the process runs, psutil samples its CPU tim
 children) and resident memory; when it exits, `wait4` gives the kernel's exact CPU time. The
 workload is its process session: when the main process exits, what it left behind is killed. Samples are
 cumulative and their seq increases, so metering can integrate them and spot repeats.
+
+Beside the figure it reports, the runner takes a second, independent reading (the witness metering
+compares the claim with): the CPU time and resident memory of every process in the workload's session,
+summed (so also children that were never waited for, and what outlives the main process), and at exit
+the kernel's `wait4` figure plus whatever the session still ran.
 """
 
 from __future__ import annotations
@@ -39,6 +44,32 @@ class Usage:
     cpu_us: int
     wall_us: int
     rss_peak_bytes: int
+    witness_cpu_us: int | None = None  # the independent reading (see the module docstring)
+    witness_rss_peak_bytes: int | None = None
+
+
+def session_usage(sid: int) -> tuple[int, int] | None:
+    """(CPU µs, resident bytes) summed over the processes of session `sid`, None when none is left.
+
+    Each process counts its own CPU time and that of the children it waited for; a child still
+    running counts itself, so nothing is counted twice.
+    """
+    cpu = rss = 0
+    found = False
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) != sid:
+                continue
+            p = psutil.Process(pid)
+            with p.oneshot():
+                t = p.cpu_times()
+                mem = p.memory_info().rss
+        except (psutil.Error, OSError):
+            continue  # gone (or a zombie) between the listing and the reading
+        cpu += int((t.user + t.system + t.children_user + t.children_system) * 1e6)
+        rss += mem
+        found = True
+    return (cpu, rss) if found else None
 
 
 @dataclass
@@ -88,9 +119,17 @@ async def run_process(command: list[str], env: dict[str, str], workdir: Path, ti
                 peak = max(peak, p.memory_info().rss)
         except psutil.Error:
             continue  # exited between the checks; wait4 has the final figures
-        last = Usage(max(cpu, last.cpu_us), wall, peak)
+        seen = await asyncio.to_thread(session_usage, proc.pid)  # a scan of every pid: off the event loop
+        if seen is not None:
+            w_cpu = max(seen[0], last.witness_cpu_us or 0)  # cumulative: a reaped orphan's time is not lost
+            w_peak = max(seen[1], last.witness_rss_peak_bytes or 0)
+        else:
+            w_cpu, w_peak = last.witness_cpu_us, last.witness_rss_peak_bytes
+        last = Usage(max(cpu, last.cpu_us), wall, peak, w_cpu, w_peak)
         await on_sample(last)
     _, status, ru = waiter.result()
+    # what the main process left running in its session, read before it is killed
+    left = await asyncio.to_thread(session_usage, proc.pid) or (0, 0)
     try:  # the workload ends with its main process: whatever it left running in its session goes too
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -98,7 +137,8 @@ async def run_process(command: list[str], env: dict[str, str], workdir: Path, ti
     wall = int((time.monotonic() - started) * 1e6)
     cpu = int((ru.ru_utime + ru.ru_stime) * 1e6)
     # memory is what psutil saw: ru_maxrss of a forked child also counts the agent's own pages before exec
-    final = Usage(max(cpu, last.cpu_us), max(wall, last.wall_us), peak)
+    final = Usage(max(cpu, last.cpu_us), max(wall, last.wall_us), peak,
+                  max(cpu + left[0], last.witness_cpu_us or 0), max(left[1], last.witness_rss_peak_bytes or 0))
     await on_sample(final)
     code = os.waitstatus_to_exitcode(status)
     if code != 0 and not message:

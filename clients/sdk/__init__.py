@@ -1,6 +1,7 @@
 """The consumer SDK: submit job manifests to the exchange and read its state (see `client`)."""
 
 from clients.sdk.client import (
+    CancelOutcome,
     Exchange,
     ExchangeError,
     ManifestFileError,
@@ -9,4 +10,4 @@ from clients.sdk.client import (
     load_manifests,
 )
 
-__all__ = ["Exchange", "ExchangeError", "ManifestFileError", "Outcome", "format_eur", "load_manifests"]
+__all__ = ["CancelOutcome", "Exchange", "ExchangeError", "ManifestFileError", "Outcome", "format_eur", "load_manifests"]

@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,14 @@ from pydantic import ValidationError
 
 from libs.common import subjects
 from libs.common.envelope import Envelope, InvalidEvent, new_envelope, parse_envelope
-from libs.common.events.intake import JobAccepted, JobRejected
-from libs.common.events.sdk import DepositRequested, JobSubmitted
+from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
+from libs.common.events.sdk import (
+    DepositRequested,
+    DisputeResolutionRequested,
+    JobCancelRequested,
+    JobSubmitted,
+    PayoutRequested,
+)
 from libs.common.ids import job_id
 from libs.common.manifest import MICRO, FieldError, euro_to_micro, is_dns_label, manifest_identity
 from libs.common.streams import ensure_streams
@@ -48,7 +55,7 @@ DLQ_STREAM = "DLQ"
 NOT_RUNNING = "is the exchange running? (smctl up)"
 SERVICES = ("intake", "matching", "placement", "metering", "settlement")
 JOB_STATUSES = ("accepted", "waiting", "matched", "placed", "running", "finished", "failed", "metered",
-                "settled", "expired", "refused")
+                "settled", "expired", "refused", "cancelled")
 # a namespace that can stand as a subject token; anything else is published under `t-invalid`
 INVALID_PARTY = "t-invalid"
 
@@ -175,6 +182,19 @@ class Outcome:
     resubmitted: bool = False  # the job existed already; intake left it as it was
 
 
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What intake decided about one cancel request."""
+
+    event_id: UUID  # the JobCancelRequested event's id
+    tenant: str
+    name: str
+    cancelled: bool  # the job is cancelled: now, or before (`already`)
+    already: bool = False  # it was cancelled before; nothing changed
+    previous_status: str | None = None  # the job's status when it was cancelled now
+    reason: str = ""  # why intake refused (not cancelled)
+
+
 class Exchange:
     """A connection to the exchange: NATS for events and queries.
 
@@ -294,6 +314,79 @@ class Exchange:
         except (NatsError, asyncio.TimeoutError) as e:
             raise ExchangeError(f"publishing to JetStream at {redact(self.url)} failed ({e or type(e).__name__}): "
                                 f"{NOT_RUNNING}") from None
+
+    async def cancel(self, tenant: str, name: str, reason: str = "", *, wait: bool = True,
+                     timeout_s: float = 20.0) -> CancelOutcome | UUID:
+        """Ask intake to cancel the tenant's job `name`; with `wait`, return its decision.
+
+        A job cancelled before it was matched leaves the order book; one matched but not started is
+        dropped and its hold voided; a running one is stopped by its vendor and only what it used is
+        charged. A job that has ended is not cancelled (the outcome says why); cancelling a cancelled
+        job changes nothing (`already`).
+
+        Raises:
+            ExchangeError: the tenant is no DNS-1123 label, or the exchange is not reachable.
+            TimeoutError: no decision within `timeout_s`.
+        """
+        if not is_dns_label(tenant):
+            raise ExchangeError(f"tenant: {tenant!r} is not a DNS-1123 label")
+        if not name:
+            raise ExchangeError("name: the job's name is required")
+        try:
+            payload = JobCancelRequested(tenant=tenant, name=name, reason=reason)
+        except ValidationError as e:
+            raise ExchangeError("; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                                          for err in e.errors())) from None
+        env = new_envelope(payload, source="sdk", party=subjects.tenant_party(tenant),
+                           correlation_id=job_id(tenant, name))
+        if not wait:
+            await self._publish(env)
+            return env.id
+        decided: asyncio.Queue[Envelope[Any]] = asyncio.Queue()
+
+        async def on_decision(msg: Msg) -> None:
+            try:
+                got = parse_envelope(msg.data)
+            except InvalidEvent:
+                return
+            if got.causation_id == env.id and isinstance(got.payload, (JobCancelled, JobCancelRefused)):
+                decided.put_nowait(got)
+
+        # subscribe before publishing so the decision cannot slip past
+        subs = [await self.nc.subscribe(f"{_prefix(cls)}.{env.party}", cb=on_decision)
+                for cls in (JobCancelled, JobCancelRefused)]
+        try:
+            await self.nc.flush()
+            await self._publish(env)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    got = await asyncio.wait_for(decided.get(), timeout=max(0.05, min(1.0, left)))
+                except asyncio.TimeoutError:
+                    pass
+                else:
+                    p = got.payload
+                    if isinstance(p, JobCancelled):
+                        return CancelOutcome(env.id, tenant, name, True, previous_status=p.previous_status)
+                    return CancelOutcome(env.id, tenant, name, False, reason=p.reason)
+                # a repeated cancel emits nothing: intake notes it in the job's timeline under the request's id
+                job = await self._job_quietly(tenant, name)
+                if job and any(str(e.get("event_id")) == str(env.id) for e in job.get("timeline") or []):
+                    return CancelOutcome(env.id, tenant, name, True, already=True)
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"intake did not answer the cancel of {tenant}/{name} within {timeout_s:g}s (the request is "
+                        f"stored and will be answered when intake runs): {NOT_RUNNING}")
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+    async def _job_quietly(self, tenant: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.job(tenant, name)
+        except ExchangeError:
+            return None
 
     async def apply(self, manifest: dict[str, Any], *, wait: bool = True, timeout_s: float = 20.0) -> Outcome | UUID:
         """Submit a manifest; with `wait`, return intake's decision about it (accepted or rejected).
@@ -420,11 +513,57 @@ class Exchange:
     async def offers(self, vendor: str | None = None, region: str | None = None) -> list[dict[str, Any]]:
         return await self.query("matching", "offers", vendor=vendor, region=region) or []
 
+    async def explain(self, tenant: str, name: str, at: datetime | None = None) -> dict[str, Any] | None:
+        """Why a job (matched or not) has the run it has: per constraint how many offers it excluded and the
+        nearest miss, how many offers fit, and the best run at `at` (default: now); None if matching has no
+        such job."""
+        return await self.query("matching", "explain", tenant=tenant, name=name,
+                                at=at.isoformat() if at else None)
+
     async def vendors(self) -> list[dict[str, Any]]:
         return await self.query("matching", "vendors") or []
 
-    async def invoice(self, tenant: str) -> dict[str, Any]:
-        return await self.query("settlement", "invoice", tenant=tenant)
+    async def invoice(self, tenant: str, since: datetime | None = None,
+                      until: datetime | None = None) -> dict[str, Any]:
+        """A line per job charged in [since, until) (either end open when None): DTU-hours, price, fee, total."""
+        return await self.query("settlement", "invoice", tenant=tenant, **_period(since, until))
+
+    # -- vendors: payouts and statements ---------------------------------------------------------------
+
+    async def statement(self, vendor: str, since: datetime | None = None,
+                        until: datetime | None = None) -> dict[str, Any]:
+        """A vendor's payout statement for [since, until): earned per job, disputes, payouts, balances."""
+        return await self.query("settlement", "statement", vendor=vendor, **_period(since, until))
+
+    async def payout(self, vendor: str, amount_eur: str | int | Decimal, reference: str) -> UUID:
+        """Ask for `amount_eur` of the vendor's payable to be paid out; the same `reference` pays once."""
+        try:
+            micro = euro_to_micro(amount_eur)
+        except ValueError as e:
+            raise ExchangeError(f"amount: {e}") from None
+        if not is_dns_label(vendor):
+            raise ExchangeError(f"vendor: {vendor!r} is not a DNS-1123 label")
+        if not reference or len(reference) > 200:
+            raise ExchangeError("reference: must be 1 to 200 characters")
+        env = new_envelope(PayoutRequested(vendor=vendor, amount_micro_eur=micro, reference=reference),
+                           source="sdk", party=subjects.vendor_party(vendor), correlation_id=uuid4())
+        await self._publish(env)
+        return env.id
+
+    # -- operator: disputes ---------------------------------------------------------------------------
+
+    async def disputes(self, vendor: str | None = None) -> list[dict[str, Any]]:
+        return await self.query("settlement", "disputes", vendor=vendor) or []
+
+    async def resolve_dispute(self, tenant: str, name: str, pay: str, note: str = "") -> UUID:
+        """Decide a job's dispute: its held amount goes to the vendor (`pay="vendor"`) or back to the tenant."""
+        if pay not in ("vendor", "tenant"):
+            raise ExchangeError(f"pay: must be vendor or tenant, not {pay!r}")
+        jid = job_id(tenant, name)
+        env = new_envelope(DisputeResolutionRequested(job_id=jid, pay=pay, note=note), source="sdk",
+                           party=subjects.OPERATOR_PARTY, correlation_id=jid)
+        await self._publish(env)
+        return env.id
 
     # -- operator: dead letters -----------------------------------------------------------------------
 
@@ -555,3 +694,17 @@ def field_errors(detail: Any) -> list[FieldError]:
                        else FieldError(field="(manifest)", reason=part.strip()))
         return out
     return [] if detail is None else [FieldError(field="(manifest)", reason=str(detail))]
+
+
+def _period(since: datetime | None, until: datetime | None) -> dict[str, str]:
+    """A report period for a query; times must carry a time zone (a naive one is refused, naming it)."""
+    out = {}
+    for name, t in (("from", since), ("to", until)):
+        if t is None:
+            continue
+        if t.tzinfo is None or t.utcoffset() is None:
+            raise ExchangeError(f"{name}: {t.isoformat()} has no time zone (add Z or +01:00)")
+        out[name] = t.isoformat()
+    if since and until and until <= since:
+        raise ExchangeError(f"to: {until.isoformat()} is not after from: {since.isoformat()}")
+    return out

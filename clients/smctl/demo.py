@@ -27,8 +27,8 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.text import Text
 
-from clients.sdk.client import Exchange, Outcome, format_eur, load_manifests
-from clients.smctl import render
+from clients.sdk.client import Exchange, Outcome, format_dtu_hours, format_eur, load_manifests
+from clients.smctl import money, render
 from clients.smctl import stack as stack_mod
 
 EXAMPLES = stack_mod.REPO_ROOT / "examples"
@@ -144,7 +144,21 @@ async def _story(nats_url: str, state_dir: Path, console: Console, *, wait_seed_
         jobs = [j for j in await ex.jobs(tenant) if j.get("name") in (name, wordcount["metadata"]["name"])]
         console.print(render.jobs_table(jobs))
         try:
-            console.print(render.invoice_table(await ex.invoice(tenant)))
+            inv = await ex.invoice(tenant)
+            console.print(money.lines_table(f"smctl invoice {tenant}", inv.get("lines") or [], who="vendor"))
+            journal = await ex.journal(tenant, name)
+            if journal:
+                console.print(f"smctl ledger journal --job {name} -n {tenant}   (the seed job's line, transfer by "
+                              "transfer, each with the event that caused it):")
+                for t in journal["transfers"]:
+                    use = (f"  for +{format_dtu_hours(t['usage_dtu_micro_hours'])} DTU-h metered ({t['reading']} "
+                           "reading)" if t.get("reading") in ("usage", "final") else "")
+                    console.print(f"  {t['kind']:<9} {t['debit']:>22} → {t['credit']:<22} "
+                                  f"{render.eur(t['amount']):>10} EUR  event {t['event_id']}{use}", soft_wrap=True)
+                statement = await ex.statement(journal["vendor"])
+                console.print(f"smctl vendor statement {journal['vendor']}   → payable "
+                              f"{render.eur(statement['payable_micro_eur'])} EUR, in dispute "
+                              f"{render.eur(statement['in_dispute_micro_eur'])} EUR")
         except Exception as e:  # the invoice is shown for the reader; the verdict rests on jobs and ledger
             console.print(Text(f"invoice: {e}", style="red"))
 

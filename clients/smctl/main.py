@@ -10,6 +10,8 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Optional, TypeVar
 
@@ -20,13 +22,15 @@ from rich.table import Table
 from rich.text import Text
 
 from clients.sdk.client import (
+    CancelOutcome,
     Exchange,
     ExchangeError,
     ManifestFileError,
     Outcome,
+    format_dtu_hours,
     load_manifests,
 )
-from clients.smctl import render
+from clients.smctl import money, render
 from clients.smctl import stack as stack_mod
 from clients.smctl.render import Output, eur
 from libs.common.manifest import euro_to_micro
@@ -51,7 +55,7 @@ ledger_app = typer.Typer(help="Audit the settlement ledger.", no_args_is_help=Tr
 app.add_typer(ledger_app, name="ledger")
 wallet_app = typer.Typer(help="A tenant's wallet: deposits and balance.", no_args_is_help=True)
 app.add_typer(wallet_app, name="wallet")
-ops_app = typer.Typer(help="Operate the exchange: dead letters.", no_args_is_help=True)
+ops_app = typer.Typer(help="Operate the exchange: dead letters, replay, state digests.", no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
 dlq_app = typer.Typer(help="Messages a service could not apply, with the reason: list, show, redrive.",
                       no_args_is_help=True)
@@ -340,24 +344,108 @@ def describe(
 
 @app.command()
 @cli_errors
-def invoice(
+def explain(
     ctx: typer.Context,
-    tenant: Annotated[str, typer.Argument(help="The tenant (namespace).")],
+    kind: Annotated[str, typer.Argument(help="job")],
+    name: Annotated[str, typer.Argument(help="The job's metadata.name.")],
+    tenant: Annotated[str, typer.Option("--namespace", "-n", "--tenant", help="The tenant (namespace).")],
     output: OutputOpt = Output.table,
 ) -> None:
-    """A tenant's invoice: one line per settled job, and the total."""
+    """Why a job (matched or not) has the run it has: every offer in the book checked against it now, per
+    constraint how many it excluded and the nearest miss, and the best run it could have now."""
+    if kind.lower() not in ("job", "jobs"):
+        raise CliError(f"cannot explain {kind!r}; only job")
 
     async def go() -> Any:
         async with await connect(ctx) as ex:
-            return await ex.invoice(tenant)
+            return await ex.explain(tenant, name)
+
+    data = run(go())
+    if data is None:
+        raise CliError(f"matching has no job {tenant}/{name} (only accepted jobs are in the book; "
+                       f"smctl describe job {name} -n {tenant} shows why)")
+    if output is not Output.table:
+        render.emit_data(console, data, output)
+        return
+    for part in render.explain_lines(data):
+        console.print(part)
+
+
+@app.command()
+@cli_errors
+def cancel(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="job")],
+    name: Annotated[str, typer.Argument(help="The job's metadata.name.")],
+    tenant: Annotated[str, typer.Option("--namespace", "-n", "--tenant", help="The tenant (namespace).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the job's timeline.")] = "",
+) -> None:
+    """Cancel a job that has not ended; exit code 1 if intake refuses (no such job, or it has ended).
+
+    Before it runs nothing is paid; a running job is stopped and only what it used is charged.
+    Cancelling a cancelled job changes nothing.
+    """
+    if kind.lower() not in ("job", "jobs"):
+        raise CliError(f"cannot cancel {kind!r}; only job")
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.cancel(tenant, name, reason, timeout_s=APPLY_TIMEOUT_S)
+
+    outcome: CancelOutcome = run(go())
+    if not outcome.cancelled:
+        raise CliError(f"cannot cancel: {outcome.reason}")
+    console.print(render.cancel_line(outcome))
+
+
+FromOpt = Annotated[Optional[str], typer.Option(
+    "--from", help="Period start: a date (2026-12-01, 00:00 UTC) or a time with a zone (2026-12-01T08:00:00+01:00).")]
+ToOpt = Annotated[Optional[str], typer.Option("--to", help="Period end (excluded), as --from.")]
+ReportOpt = Annotated[money.ReportOutput, typer.Option("--output", "-o", help="table, json, yaml or csv.")]
+
+
+def _period(since: Optional[str], until: Optional[str]) -> tuple[Any, Any]:
+    try:
+        return money.parse_when(since, "--from"), money.parse_when(until, "--to")
+    except money.PeriodError as e:
+        raise CliError(str(e)) from None
+
+
+def _report(data: Any, output: money.ReportOutput, lines: list[dict[str, Any]]) -> bool:
+    """Print JSON, YAML or CSV; False when the caller should print its table."""
+    if output == money.ReportOutput.csv:
+        sys.stdout.write(money.lines_csv(lines))
+        return True
+    if output != money.ReportOutput.table:
+        render.emit_data(console, data, Output(output.value))
+        return True
+    return False
+
+
+@app.command()
+@cli_errors
+def invoice(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Argument(help="The tenant (namespace).")],
+    since: FromOpt = None,
+    until: ToOpt = None,
+    output: ReportOpt = money.ReportOutput.table,
+) -> None:
+    """A tenant's invoice for a period: a line per job charged in it (DTU-hours, price, fee, rounding, total)."""
+    start, end = _period(since, until)
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.invoice(tenant, start, end)
 
     inv = run(go())
-    if output is not Output.table:
-        render.emit_data(console, inv, output)
+    if _report(inv, output, inv.get("lines") or []):
         return
-    if not inv:
-        raise CliError(f"no invoice for tenant {tenant}")
-    console.print(render.invoice_table(inv))
+    if not inv.get("lines"):
+        raise CliError(f"nothing was charged to tenant {tenant} in {money.period_text(start, end)}")
+    fee = f", exchange fee {Decimal(inv['fee_bps']) / 100}%" if inv.get("fee_bps") is not None else ""
+    console.print(money.lines_table(f"invoice for tenant {tenant}, {money.period_text(start, end)}{fee}",
+                                    inv["lines"], who="vendor"))
 
 
 @ledger_app.command("check")
@@ -403,9 +491,6 @@ def demo(
                   vendors=_vendor_list(vendors))
     raise typer.Exit(0 if ok else 1)
 
-
-if __name__ == "__main__":
-    app()
 
 
 @dlq_app.command("list")
@@ -534,9 +619,257 @@ def ledger_journal(ctx: typer.Context, job: Annotated[str, typer.Option("--job",
         return
     table = Table(title=f"journal of {tenant}/{job}: hold {eur(j['hold_micro_eur'])} EUR ({j['hold_status']})",
                   title_justify="left")
-    for col in ("AT", "KIND", "FROM", "TO", "EUR", "CAUSED BY EVENT"):
+    for col in ("AT", "KIND", "FROM", "TO", "EUR", "FOR METERED USE", "CAUSED BY EVENT"):
         table.add_column(col, justify="right" if col == "EUR" else "left", no_wrap=col != "CAUSED BY EVENT")
     for t in j["transfers"]:
+        use = (f"+{format_dtu_hours(t['usage_dtu_micro_hours'])} DTU-h ({t['reading']} reading)"
+               if t.get("reading") in ("usage", "final") else "")
         table.add_row(str(t["at"])[:19].replace("T", " "), t["kind"], t["debit"], t["credit"], eur(t["amount"]),
-                      str(t["event_id"]))
+                      use, str(t["event_id"]))
     console.print(table)
+
+
+# -- operator: replay and digests ---------------------------------------------------------------------
+
+
+def _ops_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        from clients.smctl.ops import OpsError
+
+        try:
+            return fn(*args, **kwargs)
+        except OpsError as e:
+            raise CliError(str(e)) from None
+
+    return wrapper
+
+
+@ops_app.command("replay")
+@cli_errors
+@_ops_errors
+def ops_replay(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="intake, matching, placement, metering or settlement.")],
+    from_seq: Annotated[Optional[list[str]], typer.Option(
+        "--from-seq", help="Start every input stream at sequence N, or STREAM:N (repeatable; others from 1).")] = None,
+    from_time: Annotated[Optional[str], typer.Option(
+        "--from-time", help="Start every input stream at this ISO 8601 time (UTC if no zone).")] = None,
+    schema: Annotated[Optional[str], typer.Option(
+        "--schema", help="The fresh schema to build (default <live schema>_replay_<UTC time>).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Messages per transaction.")] = 200,
+    drop: Annotated[bool, typer.Option("--drop", help="Drop the replay schema after comparing.")] = False,
+    database_url: Annotated[Optional[str], typer.Option(
+        "--database-url", envvar="DATABASE_URL", help="PostgreSQL (default: the one `smctl up` started here).")] = None,
+    state_dir: StateDir = stack_mod.DEFAULT_STATE_DIR,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Rebuild a service's state from its input streams into a fresh schema, and compare it with the live one.
+
+    Runs here, with the service's code; its settings come from this environment (use the services' values).
+
+    The service's own consumers do not move, and nothing is published: what the replay emits stays in its outbox.
+    """
+    from clients.smctl import ops
+
+    ops.check_service(service)
+    seq, since = ops.parse_from_seq(from_seq or []), ops.parse_from_time(from_time)
+    if seq is not None and since is not None:
+        raise CliError("give --from-seq or --from-time, not both")
+    db = ops.database_url(database_url, state_dir)
+    table = output is Output.table
+
+    def progress(r: Any) -> None:
+        if table:
+            _progress(f"... {r.events} events, {r.events_per_s:,.0f}/s")
+
+    result = run(ops.run_replay(nats_url=nats_url_of(ctx), database_url=db, service=service, schema=schema,
+                                from_seq=seq, from_time=since, batch_size=batch, drop=drop, progress=progress))
+    if not table:
+        render.emit_data(console, {"replay": result.report.as_dict(), "digest": result.replay_digest,
+                                   "live": result.live_digest,
+                                   "equal": None if result.live_digest is None
+                                   else not ops.differing_tables(result.live_digest, result.replay_digest),
+                                   "dropped": result.dropped}, output)
+        return
+    for line in ops.report_lines(result.report):
+        console.print(line, soft_wrap=True)
+    if result.live_digest is None:
+        console.print(ops.digest_table(result.replay_digest))
+        console.print(*ops.digest_lines(result.replay_digest), sep="\n", soft_wrap=True)
+        console.print(Text(f"no live digest to compare with: {result.live_note}", style="yellow"), soft_wrap=True)
+    else:
+        labels = ("live", "replay")
+        console.print(ops.comparison_heading(result.live_digest, result.replay_digest, labels), soft_wrap=True)
+        console.print(ops.comparison_table(result.live_digest, result.replay_digest, labels))
+        console.print(ops.verdict(result.live_digest, result.replay_digest, labels), soft_wrap=True)
+        emitted = ops.emitted_line(result.live_digest, result.replay_digest)
+        if emitted is not None:
+            console.print(emitted, soft_wrap=True)
+        if seq is not None or since is not None:
+            console.print(Text("(a replay from a later point rebuilds only what those events build)", style="dim"))
+    if result.dropped:
+        console.print(f"dropped schema {result.report.schema}")
+    else:
+        console.print(f"kept schema {result.report.schema}: smctl ops digest {service} --against "
+                      f"{result.report.schema}")
+
+
+@ops_app.command("digest")
+@cli_errors
+@_ops_errors
+def ops_digest(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="intake, matching, placement, metering or settlement.")],
+    schema: Annotated[Optional[str], typer.Option(
+        "--schema", help="Digest this schema of the service (a replay) instead of its live one.")] = None,
+    against: Annotated[Optional[str], typer.Option(
+        "--against", help="Compare with this schema (e.g. a replay); exit code 1 when they differ.")] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """A digest of a service's state: rows and sha256 per table, and one sha256 over all of them.
+
+    Left out: inbox, outbox, migrations, and the columns a service declares as processing-order artefacts.
+    """
+    from clients.smctl import ops
+
+    ops.check_service(service)
+
+    digests = run(ops.fetch_digests(nats_url_of(ctx), service, schema, against))
+    differ = len(digests) == 2 and bool(ops.differing_tables(digests[0], digests[1]))
+    if output is not Output.table:
+        render.emit_data(console, digests[0] if len(digests) == 1 else
+                         {"a": digests[0], "b": digests[1], "equal": not differ}, output)
+    elif len(digests) == 1:
+        console.print(ops.digest_table(digests[0]))
+        console.print(*ops.digest_lines(digests[0]), sep="\n", soft_wrap=True)
+    else:
+        labels = ("live" if schema is None else "schema", "against")
+        console.print(ops.comparison_heading(digests[0], digests[1], labels), soft_wrap=True)
+        console.print(ops.comparison_table(digests[0], digests[1], labels))
+        console.print(ops.verdict(digests[0], digests[1], labels), soft_wrap=True)
+    if differ:
+        raise typer.Exit(1)
+
+
+# -- vendors: statements and payouts; operators: disputes ------------------------------------------------
+
+vendor_app = typer.Typer(help="A vendor's money: payout statements and payouts.", no_args_is_help=True)
+app.add_typer(vendor_app, name="vendor")
+dispute_app = typer.Typer(help="Usage a vendor claimed that metering's own measurement does not support.",
+                          no_args_is_help=True)
+ops_app.add_typer(dispute_app, name="dispute")
+
+
+@vendor_app.command("statement")
+@cli_errors
+def vendor_statement(ctx: typer.Context, vendor: str, since: FromOpt = None, until: ToOpt = None,
+                     output: ReportOpt = money.ReportOutput.table) -> None:
+    """What a vendor earned per job in a period, what is held in dispute, and what was paid out."""
+    start, end = _period(since, until)
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.statement(vendor, start, end)
+
+    st = run(go())
+    if _report(st, output, st.get("lines") or []):
+        return
+    console.print(money.lines_table(f"payout statement of {vendor}, {money.period_text(start, end)}",
+                                    st.get("lines") or [], who="tenant"))
+    paid = sum(int(p["amount"]) for p in st.get("payouts") or [])
+    console.print(f"paid out in the period: {eur(paid)} EUR in {len(st.get('payouts') or [])} payouts; "
+                  f"payable now: {eur(st.get('payable_micro_eur'))} EUR; "
+                  f"held in dispute: {eur(st.get('in_dispute_micro_eur'))} EUR")
+    if st.get("disputes"):
+        console.print(money.disputes_table(st["disputes"]))
+
+
+@vendor_app.command("payout")
+@cli_errors
+def vendor_payout(ctx: typer.Context, vendor: str,
+                  amount: Annotated[str, typer.Argument(help="EUR, at most 6 decimals.")],
+                  reference: Annotated[str, typer.Option("--reference", help="The payout's id: pays once.")]) -> None:
+    """Pay (part of) a vendor's payable out of the exchange (the only way money leaves it)."""
+    try:
+        euro_to_micro(amount)
+    except ValueError as e:
+        raise CliError(f"amount: {e}") from None
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            before = await ex.statement(vendor)
+            if any(p["reference"] == reference for p in before["payouts"]):
+                raise CliError(f"reference: {reference!r} was paid out already; a payout is booked once")
+            await ex.payout(vendor, amount, reference)
+            deadline = asyncio.get_running_loop().time() + 20
+            while asyncio.get_running_loop().time() < deadline:
+                after = await ex.statement(vendor)
+                if any(p["reference"] == reference for p in after["payouts"]):
+                    return after
+                await asyncio.sleep(0.2)
+            return None
+
+    after = run(go())
+    if after is None:
+        raise CliError(f"the payout was not booked within 20 s: more than the payable? "
+                       f"see `smctl vendor statement {vendor}`")
+    console.print(f"paid out {amount} EUR; {vendor} payable now {eur(after['payable_micro_eur'])} EUR")
+
+
+@dispute_app.command("list")
+@cli_errors
+def dispute_list(ctx: typer.Context, vendor: Annotated[Optional[str], typer.Option(help="Only this vendor.")] = None,
+                 output: OutputOpt = Output.table) -> None:
+    """Every dispute, open or decided."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.disputes(vendor)
+
+    ds = run(go())
+    if output is not Output.table:
+        render.emit_data(console, ds, output)
+    elif not ds:
+        console.print("no disputes")
+    else:
+        console.print(money.disputes_table(ds))
+
+
+class Payee(str, Enum):
+    vendor = "vendor"
+    tenant = "tenant"
+
+
+@dispute_app.command("resolve")
+@cli_errors
+def dispute_resolve(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job's name.")],
+                    tenant: Annotated[str, typer.Option("--namespace", "-n", "--tenant", help="The tenant.")],
+                    pay: Annotated[Payee, typer.Option(help="Who gets the held amount.")],
+                    note: Annotated[str, typer.Option(help="Why (kept with the decision).")] = "") -> None:
+    """Decide a dispute: the held part of the vendor's pay goes to the vendor or back to the tenant."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            ds = [d for d in await ex.disputes() if d["tenant"] == tenant and d["name"] == job]
+            if not ds:
+                raise CliError(f"job {tenant}/{job} has no dispute")
+            if ds[0]["status"] != "open":
+                raise CliError(f"the dispute of {tenant}/{job} was decided already: paid to the {ds[0]['status']}")
+            await ex.resolve_dispute(tenant, job, pay.value, note)
+            deadline = asyncio.get_running_loop().time() + 20
+            while asyncio.get_running_loop().time() < deadline:
+                d = [d for d in await ex.disputes() if d["tenant"] == tenant and d["name"] == job][0]
+                if d["status"] != "open":
+                    return d
+                await asyncio.sleep(0.2)
+            return None
+
+    d = run(go())
+    if d is None:
+        raise CliError("the decision was sent but not booked within 20 s; see `smctl ops dispute list`")
+    console.print(f"dispute of {tenant}/{job} decided: {eur(d['held_micro_eur'])} EUR paid to the {d['status']}")
+
+
+if __name__ == "__main__":
+    app()

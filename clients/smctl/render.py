@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clients.sdk.client import field_errors, format_dtu_hours, format_eur
+from clients.sdk.client import CancelOutcome, field_errors, format_dtu_hours, format_eur
 
 
 class Output(str, Enum):
@@ -26,7 +26,7 @@ class Output(str, Enum):
 STATUS_STYLE = {
     "rejected": "red", "failed": "red", "expired": "red", "waiting": "yellow", "accepted": "cyan",
     "matched": "cyan", "placed": "cyan", "running": "blue", "finished": "green", "metered": "green",
-    "settled": "bold green",
+    "settled": "bold green", "cancelled": "magenta",
 }
 
 
@@ -163,7 +163,8 @@ def _money_aware(key: str, value: Any) -> str:
 # of the event that caused it, so a whole chain can share one timestamp)
 LIFECYCLE = ("JobRejected", "JobResubmitted", "JobAccepted", "JobUnmatchable", "JobMatched", "WorkloadAssigned",
              "WorkloadStarted", "WorkloadFinished", "WorkloadFailed", "MeterClosed", "ChargePosted",
-             "JobExpired", "JobCancelled")
+             "JobExpired", "JobCancelRefused", "JobCancelRepeated", "JobCancelled", "WorkloadCancelRequested",
+             "WorkloadCancelled")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -187,10 +188,25 @@ def timeline_table(entries: list[dict[str, Any]]) -> Table:
         table.add_column(col, no_wrap=True)
     table.add_column("DETAIL", overflow="fold")
     for e in order_timeline(entries):
-        style = "red" if e.get("type") in ("JobRejected", "WorkloadFailed", "JobExpired", "JobUnmatchable") else ""
+        style = "red" if e.get("type") in ("JobRejected", "WorkloadFailed", "JobExpired", "JobUnmatchable",
+                                           "JobCancelRefused") else ""
         table.add_row(_t(short_time(e.get("time"))), Text(str(e.get("type") or "-"), style=style),
                       _t(e.get("source")), _t(detail_text(e)))
     return table
+
+
+def cancel_line(outcome: CancelOutcome) -> Text:
+    """What a cancel did, in one line (a refusal is an error: smctl prints it on stderr)."""
+    who = f"{outcome.tenant}/{outcome.name}"
+    if outcome.already:
+        return Text(f"job {who} is cancelled already; nothing changed")
+    line = Text(f"job {who} ")
+    line.append("cancelled", style="magenta")
+    if outcome.previous_status == "running":
+        line.append(" while running: its vendor stops it; only what it used is charged")
+    elif outcome.previous_status:
+        line.append(f" (it was {outcome.previous_status}): nothing ran, nothing is charged")
+    return line
 
 
 JOB_FIELDS = ("job_id", "tenant", "name", "status", "outcome", "vendor", "node", "submitted_at", "updated_at",
@@ -217,36 +233,37 @@ def job_fields_table(job: dict[str, Any]) -> Table:
     return table
 
 
-def invoice_table(inv: dict[str, Any]) -> Table:
-    lines = inv.get("lines") or []
-    fee = inv.get("fee_bps")
-    fee_text = f", exchange fee {Decimal(fee) / 100}%" if fee is not None else ""
-    table = Table(title=f"invoice for tenant {inv.get('tenant')}{fee_text}", title_justify="left",
-                  show_footer=True)
-    table.add_column("JOB", footer="")
-    table.add_column("VENDOR", footer="")
-    table.add_column("DTU-h", justify="right", footer="")
-    table.add_column("EUR/DTU-h", justify="right", footer="")
-    gpus = any(int(ln.get("gpu_micro_hours") or 0) for ln in lines)
-    if gpus:  # GPUs are priced per GPU-hour on their own
-        table.add_column("GPU-h", justify="right", footer="")
-        table.add_column("EUR/GPU-h", justify="right", footer="")
-    table.add_column("VENDOR EUR", justify="right",
-                     footer=format_eur(sum(int(ln.get("vendor_micro_eur") or 0) for ln in lines)))
-    table.add_column("FEE EUR", justify="right",
-                     footer=format_eur(sum(int(ln.get("fee_micro_eur") or 0) for ln in lines)))
-    table.add_column("TOTAL EUR", justify="right", footer=Text(eur(inv.get("total_micro_eur")), style="bold"))
-    table.add_column("AT", footer="total")
-    for ln in lines:
-        dtu = ln.get("dtu_micro_hours")
-        gpu_cells = [_t(format_dtu_hours(int(ln.get("gpu_micro_hours") or 0))),
-                     _t(eur(ln.get("price_micro_eur_per_gpu_hour")))] if gpus else []
-        table.add_row(_t(ln.get("name") or ln.get("job_id")), _t(ln.get("vendor")),
-                      _t("-" if dtu is None else format_dtu_hours(dtu)),
-                      _t(eur(ln.get("price_micro_eur_per_dtu_hour"))), *gpu_cells, _t(eur(ln.get("vendor_micro_eur"))),
-                      _t(eur(ln.get("fee_micro_eur"))), _t(eur(ln.get("total_micro_eur"))),
-                      _t(short_time(ln.get("at"))))
-    return table
+def explain_lines(ex: dict[str, Any]) -> list[Any]:
+    """`smctl explain job`: what the job has, what it could have now, and per constraint what it excluded."""
+    head = Table(show_header=False, box=None, pad_edge=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("job", _t(f"{ex.get('tenant')}/{ex.get('name')}"))
+    head.add_row("status", status_text(ex.get("status")))
+    booked = ex.get("booked")
+    if booked:
+        when = f"from {short_time(booked.get('start_at'))} to {short_time(booked.get('end_at'))}"
+        head.add_row("booked", _t(f"{booked.get('vendor')}/{booked.get('node')} {when}"))
+    head.add_row("offers", _t(f"{ex.get('offers')} in the book at {short_time(ex.get('at'))}, "
+                              f"{ex.get('fit')} fit the job"))
+    best = ex.get("best_now")
+    if best:
+        price = f"{eur(best.get('price_micro_eur_per_dtu_hour'))}/DTU-h"
+        if best.get("price_micro_eur_per_gpu_hour") is not None:
+            price += f" + {eur(best.get('price_micro_eur_per_gpu_hour'))}/GPU-h"
+        when = f"from {short_time(best.get('start_at'))} to {short_time(best.get('end_at'))}"
+        where = f"{best.get('vendor')}/{best.get('node')} ({best.get('region')})"
+        head.add_row("best now", _t(f"{where} {when} at {price}"))
+    else:
+        head.add_row("best now", Text("nothing fits", style="yellow"))
+    table = Table(title="per constraint, in the order they are checked", title_justify="left")
+    table.add_column("CONSTRAINT", no_wrap=True)
+    table.add_column("EXCLUDED", justify="right", no_wrap=True)
+    table.add_column("NEAREST MISS")
+    for c in ex.get("constraints") or []:
+        n = int(c.get("excluded") or 0)
+        table.add_row(_t(c.get("constraint")), Text(str(n), style="red" if n else "green"), _t(c.get("detail") or ""))
+    return [head, table]
 
 
 def ledger_lines(result: dict[str, Any]) -> list[Text]:

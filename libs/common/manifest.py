@@ -12,12 +12,22 @@ and every field beyond it is optional with a documented default:
 | spec.expectedDuration          | "1h" (also "90s", "15m", "2h30m", or seconds) |
 | spec.command                   | ["python3", spec.scriptPath]              |
 | spec.restrictions              | none (any region, any vendor)            |
+| spec.restrictions.excludeVendor | none (a deny list of vendors)           |
+| spec.restrictions.attributes   | none (compliance attributes every offer must have, e.g. gdpr) |
+| spec.notBefore                 | none (the job may start at once)         |
+| spec.maxEuroTotal              | none (no budget beyond the price caps)   |
+| spec.preference                | cheapest (or soonest)                    |
 
 `restrictions.region` matches an offer's region code, its country ("Sweden") or "EU" for any
 vendor in an EU member state. `maxEuroPerDTU` is the price cap per DTU-hour (one vCPU with up to
 4 GiB for one hour), in EUR with at most 6 decimals; money is held as integer micro-euros. GPUs
 are priced per GPU-hour on their own: a job asking for `resources.gpu` must also cap that price with
 `maxEuroPerGPUHour`.
+
+`preference: cheapest` books the cheapest run the offers' calendars allow before `notAfter` (waiting for
+cheaper hours if the deadline leaves room); `soonest` the earliest run, the cheaper of equally early
+ones. `maxEuroTotal` is a budget for the whole expected run (its price per hour times its expected
+duration), on top of the caps per DTU-hour and GPU-hour. `notBefore` is the earliest start.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import json
 import re
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -82,7 +92,9 @@ class Resources(BaseModel):
 class Restrictions(BaseModel):
     model_config = ConfigDict(frozen=True)
     region: str | None = None
-    vendors: tuple[str, ...] = ()
+    vendors: tuple[str, ...] = ()  # allow list; empty: every vendor
+    deny_vendors: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()  # compliance attributes an offer must all have, lower case
 
 
 class JobRequest(BaseModel):
@@ -100,6 +112,9 @@ class JobRequest(BaseModel):
     resources: Resources = Resources()
     expected_duration_s: int = 3600
     restrictions: Restrictions = Restrictions()
+    earliest_start: AwareDatetime | None = None
+    max_micro_eur_total: int | None = Field(None, gt=0)  # budget for the whole expected run
+    preference: Literal["cheapest", "soonest"] = "cheapest"
 
     @property
     def party(self) -> str:
@@ -220,11 +235,16 @@ class _Raw(BaseModel):
             model_config = ConfigDict(extra="forbid")
             region: str | None = None
             vendor: list[str] | str | None = None
+            excludeVendor: list[str] | str | None = None
+            attributes: list[str] = []
 
         image: str | None = None
         notAfter: AwareDatetime
+        notBefore: AwareDatetime | None = None
         maxEuroPerDTU: Any
         maxEuroPerGPUHour: Any = None
+        maxEuroTotal: Any = None
+        preference: Literal["cheapest", "soonest"] = "cheapest"
         scriptPath: str | None = None
         command: list[str] | None = None
         args: list[str] = []
@@ -238,7 +258,7 @@ class _Raw(BaseModel):
         def _cap(cls, v: Any) -> int:
             return euro_to_micro(v)
 
-        @field_validator("maxEuroPerGPUHour")
+        @field_validator("maxEuroPerGPUHour", "maxEuroTotal")
         @classmethod
         def _gpu_cap(cls, v: Any) -> int | None:
             return None if v is None else euro_to_micro(v)
@@ -305,8 +325,11 @@ def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
     else:
         command = ()
         errors.append(FieldError(field="spec.scriptPath", reason="either spec.scriptPath or spec.command is required"))
-    earliest_end = submitted_at.timestamp() + s.expectedDuration
-    if s.notAfter <= submitted_at:
+    earliest_end = max(submitted_at, s.notBefore or submitted_at).timestamp() + s.expectedDuration
+    if s.notBefore is not None and s.notBefore >= s.notAfter:
+        errors.append(FieldError(field="spec.notBefore", reason=(
+            f"earliest start {s.notBefore.isoformat()} is not before the deadline {s.notAfter.isoformat()}")))
+    elif s.notAfter <= submitted_at:
         errors.append(FieldError(field="spec.notAfter", reason=(
             f"deadline {s.notAfter.isoformat()} is already past (submitted {submitted_at.isoformat()})")))
     elif s.notAfter - submitted_at > MAX_DEADLINE_AHEAD:
@@ -315,12 +338,14 @@ def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
     elif s.notAfter.timestamp() < earliest_end:
         errors.append(FieldError(field="spec.notAfter", reason=(
             f"deadline {s.notAfter.isoformat()} leaves less than the expected duration "
-            f"of {s.expectedDuration} s")))
+            f"of {s.expectedDuration} s{' after spec.notBefore' if s.notBefore else ''}")))
     if s.resources.gpu and s.maxEuroPerGPUHour is None:
         errors.append(FieldError(field="spec.maxEuroPerGPUHour", reason=(
             "is required when spec.resources.gpu is set: GPUs are priced per GPU-hour")))
     vendors = s.restrictions.vendor
     vendor_list = tuple([vendors] if isinstance(vendors, str) else (vendors or []))
+    denied = s.restrictions.excludeVendor
+    deny_list = tuple([denied] if isinstance(denied, str) else (denied or []))
     if errors:
         raise ManifestError(errors)
     return JobRequest(
@@ -335,7 +360,11 @@ def validate_manifest(doc: Any, *, submitted_at: datetime) -> JobRequest:
         resources=Resources(vcpu=s.resources.cpu, memory_gib=s.resources.memory, gpu=s.resources.gpu,
                             gpu_model=s.resources.gpuModel),
         expected_duration_s=s.expectedDuration,
-        restrictions=Restrictions(region=s.restrictions.region, vendors=vendor_list),
+        restrictions=Restrictions(region=s.restrictions.region, vendors=vendor_list, deny_vendors=deny_list,
+                                  attributes=tuple(sorted({a.strip().lower() for a in s.restrictions.attributes}))),
+        earliest_start=s.notBefore,
+        max_micro_eur_total=s.maxEuroTotal,
+        preference=s.preference,
     )
 
 

@@ -14,3 +14,6 @@ class CommonSettings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/strongmoose"
     batch_size: int = 200  # messages pulled per fetch, handled in one transaction
     stream_replicas: int = 1  # 3 on a NATS cluster (deploy/k8s)
+    # a database or NATS outage longer than this makes a service give up and exit 1, for its supervisor to
+    # restart it; shorter ones only pause it (its health query answers "not ready" meanwhile)
+    max_outage_s: float = 120.0

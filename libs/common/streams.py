@@ -64,15 +64,19 @@ INTAKE_MATCHING = _c("intake-job-matching", "MATCHING", "matching.>")
 INTAKE_PLACEMENT = _c("intake-workload-placement", "PLACEMENT", "placement.>")
 INTAKE_METERING = _c("intake-meter-closed", "METERING", s.METER_CLOSED_ANY)
 INTAKE_SETTLEMENT = _c("intake-job-settlement", "SETTLEMENT", "settlement.>")
+INTAKE_JOB_CANCEL = _c("intake-job-cancel", "SDK", s.JOB_CANCEL_REQUESTED_ANY)
 
 MATCHING_OFFER_PUBLISHED = _c("matching-offer-published", "AGENT", s.OFFER_PUBLISHED_ANY)
 MATCHING_JOB_ACCEPTED = _c("matching-job-accepted", "INTAKE", s.JOB_ACCEPTED_ANY)
 MATCHING_WORKLOAD_FINISHED = _c("matching-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
 MATCHING_WORKLOAD_FAILED = _c("matching-workload-failed", "PLACEMENT", s.WORKLOAD_FAILED_ANY)
 MATCHING_FUNDS_INSUFFICIENT = _c("matching-funds-insufficient", "SETTLEMENT", s.INSUFFICIENT_FUNDS_ANY)
+MATCHING_JOB_CANCELLED = _c("matching-job-cancelled", "INTAKE", s.JOB_CANCELLED_ANY)
+MATCHING_WORKLOAD_CANCELLED = _c("matching-workload-cancelled", "PLACEMENT", s.WORKLOAD_CANCELLED_ANY)
 
 PLACEMENT_FUNDS_HELD = _c("placement-funds-held", "SETTLEMENT", s.FUNDS_HELD_ANY)  # placed once paid for
 PLACEMENT_WORKLOAD_REPORTED = _c("placement-workload-reported", "AGENT", s.WORKLOAD_REPORTED_ANY)
+PLACEMENT_JOB_CANCELLED = _c("placement-job-cancelled", "INTAKE", s.JOB_CANCELLED_ANY)
 
 METERING_WORKLOAD_STARTED = _c("metering-workload-started", "PLACEMENT", s.WORKLOAD_STARTED_ANY)
 METERING_WORKLOAD_FINISHED = _c("metering-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
@@ -80,8 +84,13 @@ METERING_WORKLOAD_FAILED = _c("metering-workload-failed", "PLACEMENT", s.WORKLOA
 METERING_USAGE_SAMPLED = _c("metering-usage-sampled", "AGENT", s.USAGE_SAMPLED_ANY)
 
 SETTLEMENT_JOB_MATCHED = _c("settlement-job-matched", "MATCHING", s.JOB_MATCHED_ANY)
-SETTLEMENT_METER_CLOSED = _c("settlement-meter-closed", "METERING", s.METER_CLOSED_ANY)
+# progress and close readings through ONE consumer, so a job's readings are charged in stream order
+# (live and in a replay alike)
+SETTLEMENT_METER_READINGS = _c("settlement-meter-readings", "METERING", "metering.meter.>")
 SETTLEMENT_DEPOSIT = _c("settlement-wallet-deposit", "SDK", s.DEPOSIT_REQUESTED_ANY)
+SETTLEMENT_WORKLOAD_CANCELLED = _c("settlement-workload-cancelled", "PLACEMENT", s.WORKLOAD_CANCELLED_ANY)
+SETTLEMENT_PAYOUT = _c("settlement-vendor-payout", "SDK", s.PAYOUT_REQUESTED_ANY)
+SETTLEMENT_DISPUTE_RESOLUTION = _c("settlement-dispute-resolve", "SDK", s.DISPUTE_RESOLUTION_ANY)
 
 
 def agent_assignments(vendor: str) -> ConsumerSpec:

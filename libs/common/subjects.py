@@ -8,11 +8,24 @@ from typing import Any
 from libs.common.envelope import Envelope
 from libs.common.events import subject_prefix
 from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported
-from libs.common.events.intake import JobAccepted, JobRejected
+from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
-from libs.common.events.metering import MeterClosed
-from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
-from libs.common.events.sdk import DepositRequested, JobSubmitted
+from libs.common.events.metering import MeterClosed, MeterProgressed
+from libs.common.events.placement import (
+    WorkloadAssigned,
+    WorkloadCancelled,
+    WorkloadCancelRequested,
+    WorkloadFailed,
+    WorkloadFinished,
+    WorkloadStarted,
+)
+from libs.common.events.sdk import (
+    DepositRequested,
+    DisputeResolutionRequested,
+    JobCancelRequested,
+    JobSubmitted,
+    PayoutRequested,
+)
 from libs.common.events.settlement import ChargePosted, FundsHeld, HoldReleased, InsufficientFunds
 
 
@@ -33,6 +46,9 @@ def vendor_party(vendor: str) -> str:
     return f"v-{vendor}"
 
 
+OPERATOR_PARTY = "ops"  # the exchange's operators: dispute decisions
+
+
 JOB_SUBMITTED_ANY = any_party(JobSubmitted)
 DEPOSIT_REQUESTED_ANY = any_party(DepositRequested)
 OFFER_PUBLISHED_ANY = any_party(OfferPublished)
@@ -48,6 +64,10 @@ WORKLOAD_STARTED_ANY = any_party(WorkloadStarted)
 WORKLOAD_FINISHED_ANY = any_party(WorkloadFinished)
 WORKLOAD_FAILED_ANY = any_party(WorkloadFailed)
 METER_CLOSED_ANY = any_party(MeterClosed)
+METER_PROGRESSED_ANY = any_party(MeterProgressed)
+WORKLOAD_CANCELLED_ANY = any_party(WorkloadCancelled)
+PAYOUT_REQUESTED_ANY = any_party(PayoutRequested)
+DISPUTE_RESOLUTION_ANY = any_party(DisputeResolutionRequested)
 FUNDS_HELD_ANY = any_party(FundsHeld)
 INSUFFICIENT_FUNDS_ANY = any_party(InsufficientFunds)
 CHARGE_POSTED_ANY = any_party(ChargePosted)
@@ -56,6 +76,17 @@ HOLD_RELEASED_ANY = any_party(HoldReleased)
 
 def workload_assigned_to(vendor: str) -> str:
     return f"{subject_prefix(WorkloadAssigned)}.{vendor_party(vendor)}"
+
+
+# cancelling a job: the consumer's request, intake's answer, placement's order to the vendor
+JOB_CANCEL_REQUESTED_ANY = any_party(JobCancelRequested)
+JOB_CANCELLED_ANY = any_party(JobCancelled)
+JOB_CANCEL_REFUSED_ANY = any_party(JobCancelRefused)
+WORKLOAD_CANCEL_REQUESTED_ANY = any_party(WorkloadCancelRequested)
+
+
+def workload_cancel_to(vendor: str) -> str:
+    return f"{subject_prefix(WorkloadCancelRequested)}.{vendor_party(vendor)}"
 
 
 def dead_letter(consumer: str, subject: str) -> str:

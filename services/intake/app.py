@@ -15,8 +15,10 @@ def create_service(settings: IntakeSettings) -> Service:
         name="intake",
         schema=settings.intake_schema,
         migrations=Path(__file__).parent / "migrations",
+        digest=store.DIGEST,
         subscriptions=[
             Subscription(streams.INTAKE_JOB_SUBMITTED, service.submit_jobs, time_from_stream=True),
+            Subscription(streams.INTAKE_JOB_CANCEL, service.cancel_jobs, time_from_stream=True),
             Subscription(streams.INTAKE_MATCHING, service.record_facts),
             Subscription(streams.INTAKE_PLACEMENT, service.record_facts),
             Subscription(streams.INTAKE_METERING, service.record_facts),

@@ -7,10 +7,11 @@ from typing import Any
 import asyncpg
 
 from libs.common.envelope import Envelope, derive
-from libs.common.events.intake import JobAccepted, JobRejected
-from libs.common.events.sdk import JobSubmitted
+from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
+from libs.common.events.sdk import JobCancelRequested, JobSubmitted
 from libs.common.ids import job_id
 from libs.common.manifest import FieldError, ManifestError, manifest_identity, validate_manifest
+from libs.common.subjects import tenant_party
 from services.intake import domain, store
 
 SOURCE = "intake"
@@ -60,6 +61,48 @@ async def submit_jobs(tx: asyncpg.Connection, events: list[Envelope[JobSubmitted
             out.append(rejected)
             timeline.append((jid, req.tenant, req.name, rejected.id, ev.time, "JobRejected", SOURCE,
                              domain.describe(rejected)))
+    await store.add_timeline(tx, timeline)
+    return out
+
+
+async def cancel_jobs(tx: asyncpg.Connection, events: list[Envelope[JobCancelRequested]]) -> list[Envelope[Any]]:
+    """Cancel each named job that has not ended (JobCancelled), or say why not (JobCancelRefused).
+
+    A tenant cancels only its own jobs. Cancelling a cancelled job changes nothing: the request is
+    noted in the job's timeline (JobCancelRepeated, under the request's id) and nothing is emitted.
+    """
+    ids = {ev.id: job_id(ev.payload.tenant, ev.payload.name) for ev in events}
+    status: dict[Any, str] = await store.lock_statuses(tx, sorted(set(ids.values())))
+    out: list[Envelope[Any]] = []
+    timeline: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    for ev in events:
+        p, jid = ev.payload, ids[ev.id]
+        if ev.party != tenant_party(p.tenant):  # a tenant cancels only in its own namespace
+            out.append(derive(ev, JobCancelRefused(tenant=p.tenant, name=p.name, reason=(
+                f"tenant {p.tenant!r} is not the requesting tenant ({ev.party})")), source=SOURCE))
+            continue
+        verdict, line = domain.cancel_verdict(p.tenant, p.name, status.get(jid))
+        if verdict == "already":
+            timeline.append((jid, p.tenant, p.name, ev.id, ev.time, "JobCancelRepeated", SOURCE, line))
+            continue
+        if verdict == "refuse":
+            refused = derive(ev, JobCancelRefused(tenant=p.tenant, name=p.name, reason=line), source=SOURCE,
+                             correlation_id=jid)
+            out.append(refused)
+            if jid in status:  # an unknown job gets no timeline: it would read as a job that exists
+                timeline.append((jid, p.tenant, p.name, refused.id, ev.time, "JobCancelRefused", SOURCE,
+                                 domain.describe(refused)))
+            continue
+        cancelled = derive(ev, JobCancelled(job_id=jid, tenant=p.tenant, name=p.name, reason=p.reason,
+                                            previous_status=status[jid]), source=SOURCE, correlation_id=jid)
+        status[jid] = "cancelled"
+        out.append(cancelled)
+        f = domain.facts_of(cancelled)
+        updates.append((jid, "cancelled", domain.RANK["cancelled"], ev.time, None, None, f["outcome"], None))
+        timeline.append((jid, p.tenant, p.name, cancelled.id, ev.time, "JobCancelled", SOURCE,
+                         domain.describe(cancelled)))
+    await store.advance_many(tx, updates)
     await store.add_timeline(tx, timeline)
     return out
 

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common.digest import StateTable
 from libs.common.manifest import JobRequest
 
 
@@ -36,8 +37,17 @@ async def advance_many(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> N
     await tx.executemany(
         "UPDATE jobs SET status = CASE WHEN status_rank < $3 THEN $2 ELSE status END, "
         "status_rank = GREATEST(status_rank, $3), updated_at = GREATEST(updated_at, $4), "
-        "vendor = COALESCE($5, vendor), node = COALESCE($6, node), outcome = COALESCE($7, outcome), "
+        "vendor = COALESCE($5, vendor), node = COALESCE($6, node), "
+        # a cancelled job stays cancelled, however its workload ended (killed by the cancel, or just before it)
+        "outcome = CASE WHEN outcome = 'cancelled' THEN outcome ELSE COALESCE($7, outcome) END, "
         "total_micro_eur = COALESCE($8, total_micro_eur) WHERE job_id = $1", rows)
+
+
+async def lock_statuses(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, str]:
+    """The jobs' statuses, their rows locked (in job order, as `record_facts` updates them) until commit."""
+    rows = await tx.fetch("SELECT job_id, status FROM jobs WHERE job_id = ANY($1::uuid[]) ORDER BY job_id FOR UPDATE",
+                          job_ids)
+    return {r["job_id"]: r["status"] for r in rows}
 
 
 async def add_timeline(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -63,8 +73,8 @@ async def list_jobs(con: asyncpg.Connection, tenant: str | None) -> list[dict[st
 
 async def get_job(con: asyncpg.Connection, tenant: str, name: str) -> dict[str, Any] | None:
     row = await con.fetchrow(f"SELECT {_JOB_COLS}, request FROM jobs WHERE tenant = $1 AND name = $2", tenant, name)
-    timeline = await con.fetch("SELECT time, type, source, detail FROM job_events WHERE tenant = $1 AND name = $2 "
-                               "ORDER BY time, seq", tenant, name)
+    timeline = await con.fetch("SELECT time, type, source, detail, event_id FROM job_events "
+                               "WHERE tenant = $1 AND name = $2 ORDER BY time, seq", tenant, name)
     if row is None and not timeline:
         return None
     job = dict(row) if row else {"tenant": tenant, "name": name, "status": "rejected"}
@@ -72,3 +82,10 @@ async def get_job(con: asyncpg.Connection, tenant: str, name: str) -> dict[str, 
         job["request"] = json.loads(job["request"])
     job["timeline"] = [dict(t) for t in timeline]
     return job
+
+
+# the digest (libs.common.digest) covers every table and column but these: a replay must rebuild the rest
+DIGEST: dict[str, StateTable] = {
+    # the row serial records the order the side-by-side consumers committed in; time and event id order a timeline
+    "job_events": StateTable(exclude=("seq",)),
+}

@@ -2,7 +2,7 @@
 
 Owns: open offers with their free capacity, pending jobs and reservations (a local projection fed by
 vendor offers and placement facts; no other service's schema is read).
-Consumes: OfferPublished (agents), JobAccepted (intake), WorkloadFinished/Failed (placement) and
-InsufficientFunds (settlement), which free capacity.
+Consumes: OfferPublished (agents), JobAccepted and JobCancelled (intake: a waiting job leaves the book),
+WorkloadFinished/Failed/Cancelled (placement) and InsufficientFunds (settlement), which free capacity.
 Emits: JobMatched, JobUnmatchable (why, per constraint), JobExpired.
 """

@@ -1,6 +1,8 @@
-"""metering: what was really used.
+"""metering: what was really used, checked rather than believed.
 
-Owns: a meter per workload (integrated DTU-hours) and the usage samples behind it.
+Owns: a meter per workload (integrated DTU-hours, its witness and its flags) and the usage samples behind it.
 Consumes: UsageSampled (vendor agents), WorkloadStarted/Finished/Failed (placement).
-Emits: MeterClosed with the final measured DTU-hours once the workload ended and its last sample is in.
+Emits: MeterProgressed (cumulative reading of a running workload, once per charge interval) and
+MeterClosed (the final reading once the workload ended and its last sample is in): claimed, billable
+(clamped to the allocation), witness and disputed DTU-hours, rejected samples and missing seqs.
 """

@@ -15,9 +15,11 @@ def create_service(settings: PlacementSettings) -> Service:
         name="placement",
         schema=settings.placement_schema,
         migrations=Path(__file__).parent / "migrations",
+        digest=store.DIGEST,
         subscriptions=[
             Subscription(streams.PLACEMENT_FUNDS_HELD, service.place_jobs),
             Subscription(streams.PLACEMENT_WORKLOAD_REPORTED, service.follow_reports),
+            Subscription(streams.PLACEMENT_JOB_CANCELLED, service.cancel_jobs),
         ],
         queries={"workloads": lambda con, req: store.list_workloads(con)},
     )

@@ -1,4 +1,4 @@
-"""Placement use cases: assign matched jobs to their vendors; follow the vendors' reports."""
+"""Placement use cases: assign matched jobs to their vendors; follow the vendors' reports; cancel."""
 
 from __future__ import annotations
 
@@ -9,21 +9,32 @@ import asyncpg
 from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, derive
 from libs.common.events.agent import WorkloadReported
-from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
+from libs.common.events.intake import JobCancelled
+from libs.common.events.placement import (
+    WorkloadAssigned,
+    WorkloadCancelled,
+    WorkloadCancelRequested,
+    WorkloadFailed,
+    WorkloadFinished,
+    WorkloadStarted,
+)
 from libs.common.events.settlement import FundsHeld
 from libs.common.ids import derived_id
-from libs.common.subjects import vendor_party
+from libs.common.subjects import tenant_party, vendor_party
 from services.placement import domain, store
 
 SOURCE = "placement"
 
 
 async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) -> list[Envelope[Any]]:
-    """Record a workload per matched job whose money is held, and send the assignment to the vendor."""
+    """Record a workload per matched job whose money is held, and send the assignment to the vendor;
+    a job cancelled before its money was held is cancelled now instead (nothing ran: nothing to pay)."""
     for ev in events:
         if ev.payload.match is None:
             raise PermanentError(f"FundsHeld of job {ev.payload.job_id} carries no match to place")
     matches = [ev.payload.match for ev in events]
+    await store.lock_jobs(tx, [m.job_id for m in matches])
+    cancelled = await store.cancellations(tx, [m.job_id for m in matches])
     rows = [(derived_id(ev.id, "workload"), m.job_id, m.request.tenant, m.request.name, m.vendor, m.node,
              m.request.resources.vcpu, m.request.resources.memory_gib, ev.time)
             for ev, m in zip(events, matches, strict=True)]
@@ -32,6 +43,13 @@ async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) 
     for ev, p, row in zip(events, matches, rows, strict=True):
         if row[0] not in created:
             continue  # this job already has a workload
+        c = cancelled.get(p.job_id)
+        if c is not None:
+            await store.cancel(tx, row[0], ev.time, c["reason"])
+            out.append(derive(ev, WorkloadCancelled(job_id=p.job_id, tenant=p.request.tenant, name=p.request.name,
+                                                    vendor=p.vendor, reason=c["reason"], at=ev.time),
+                              source=SOURCE, party=tenant_party(p.request.tenant), correlation_id=p.job_id))
+            continue
         out.append(derive(ev, WorkloadAssigned(
             workload_id=row[0], job_id=p.job_id, vendor=p.vendor, node=p.node, request=p.request,
             start_at=p.start_at, deadline=p.request.not_after), source=SOURCE, party=vendor_party(p.vendor)))
@@ -50,7 +68,7 @@ async def follow_reports(tx: asyncpg.Connection, events: list[Envelope[WorkloadR
             raise PermanentError(f"unknown workload {p.workload_id}")
         if w["vendor"] != p.vendor or ev.party != vendor_party(w["vendor"]):
             raise PermanentError(f"workload {p.workload_id} is not assigned to vendor {p.vendor}")
-        new = domain.transition(status[p.workload_id], p.status)
+        old, new = status[p.workload_id], domain.transition(status[p.workload_id], p.status)
         if new is None:
             continue
         status[p.workload_id] = new
@@ -59,6 +77,12 @@ async def follow_reports(tx: asyncpg.Connection, events: list[Envelope[WorkloadR
         common = dict(workload_id=w["workload_id"], job_id=w["job_id"], tenant=w["tenant"], name=w["name"],
                       vendor=w["vendor"], node=w["node"], at=p.at)
         party, corr = f"t-{w['tenant']}", w["job_id"]
+        if old == "assigned" and new != "running" and p.last_usage_seq:
+            # it ran (it reported usage) but its running report never came, or came last: metering
+            # needs the start, and the earliest it can have started is when it was assigned
+            out.append(derive(ev, WorkloadStarted(**{**common, "at": w["assigned_at"]}, vcpu=w["vcpu"],
+                                                  memory_gib=w["memory_gib"]),
+                              source=SOURCE, party=party, correlation_id=corr, time=w["assigned_at"]))
         fact: Any
         if new == "running":
             fact = WorkloadStarted(**common, vcpu=w["vcpu"], memory_gib=w["memory_gib"])
@@ -68,4 +92,41 @@ async def follow_reports(tx: asyncpg.Connection, events: list[Envelope[WorkloadR
             fact = WorkloadFailed(**common, reason=reason or "failed", exit_code=p.exit_code,
                                   last_usage_seq=p.last_usage_seq)
         out.append(derive(ev, fact, source=SOURCE, party=party, correlation_id=corr, time=p.at))
+    return out
+
+
+async def cancel_jobs(tx: asyncpg.Connection, events: list[Envelope[JobCancelled]]) -> list[Envelope[Any]]:
+    """Cancel cancelled jobs' workloads as far as they got (see `domain.on_cancel`): remember a cancel
+    that came before the job's FundsHeld; drop an assigned workload (WorkloadCancelled, and the vendor
+    is told to drop it); ask the vendor to stop a running one, whose end it then reports as usual."""
+    job_ids = [ev.payload.job_id for ev in events]
+    await store.lock_jobs(tx, job_ids)
+    workloads = await store.workloads_of_jobs(tx, job_ids)
+    state = {jid: (w["status"], w["cancel_requested_at"] is not None) for jid, w in workloads.items()}
+    out: list[Envelope[Any]] = []
+    tombstones: list[tuple[Any, ...]] = []
+    for ev in events:
+        p = ev.payload
+        reason = p.reason or "cancelled by the consumer"
+        action = domain.on_cancel(*state.get(p.job_id, (None, False)))
+        if action == "tombstone":
+            tombstones.append((p.job_id, p.tenant, p.name, reason, ev.time, ev.id))
+            continue
+        if action == "none":
+            continue
+        w = workloads[p.job_id]
+        stop = derive(ev, WorkloadCancelRequested(workload_id=w["workload_id"], job_id=p.job_id, vendor=w["vendor"],
+                                                  node=w["node"], reason=reason, at=ev.time),
+                      source=SOURCE, party=vendor_party(w["vendor"]), correlation_id=p.job_id)
+        if action == "drop":
+            await store.cancel(tx, w["workload_id"], ev.time, reason)
+            state[p.job_id] = ("cancelled", True)
+            out.append(derive(ev, WorkloadCancelled(job_id=p.job_id, tenant=p.tenant, name=p.name, vendor=w["vendor"],
+                                                    reason=reason, at=ev.time),
+                              source=SOURCE, party=tenant_party(p.tenant), correlation_id=p.job_id))
+        else:
+            await store.request_stop(tx, w["workload_id"], ev.time)
+            state[p.job_id] = (w["status"], True)
+        out.append(stop)
+    await store.add_cancellations(tx, tombstones)
     return out

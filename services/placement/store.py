@@ -8,6 +8,8 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common.digest import StateTable
+
 
 async def insert_workloads(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> set[UUID]:
     """rows: (workload_id, job_id, tenant, name, vendor, node, vcpu, memory_gib, assigned_at).
@@ -42,3 +44,43 @@ async def set_status(tx: asyncpg.Connection, workload_id: UUID, status: str, at:
 
 async def list_workloads(con: asyncpg.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in await con.fetch("SELECT * FROM workloads ORDER BY assigned_at")]
+
+
+async def lock_jobs(tx: asyncpg.Connection, job_ids: list[UUID]) -> None:
+    """Serialise placing and cancelling a job until commit (a transaction lock per job, taken in job
+    order): a cancel that finds no workload yet and the FundsHeld that creates it never pass each other."""
+    await tx.executemany("SELECT pg_advisory_xact_lock(hashtextextended('placement-job:' || $1::text, 0))",
+                         [(str(j),) for j in sorted(set(job_ids))])
+
+
+async def workloads_of_jobs(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+    rows = await tx.fetch("SELECT * FROM workloads WHERE job_id = ANY($1::uuid[]) ORDER BY workload_id FOR UPDATE",
+                          job_ids)
+    return {r["job_id"]: r for r in rows}
+
+
+async def add_cancellations(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """rows: (job_id, tenant, name, reason, cancelled_at, event_id): cancels that came before the job's
+    FundsHeld."""
+    await tx.executemany("INSERT INTO cancellations (job_id, tenant, name, reason, cancelled_at, event_id) "
+                         "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", rows)
+
+
+async def cancellations(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+    rows = await tx.fetch("SELECT * FROM cancellations WHERE job_id = ANY($1::uuid[])", job_ids)
+    return {r["job_id"]: r for r in rows}
+
+
+async def cancel(tx: asyncpg.Connection, workload_id: UUID, at: datetime, reason: str) -> None:
+    await tx.execute("UPDATE workloads SET status = 'cancelled', ended_at = $2, reason = $3, "
+                     "cancel_requested_at = COALESCE(cancel_requested_at, $2) WHERE workload_id = $1",
+                     workload_id, at, reason)
+
+
+async def request_stop(tx: asyncpg.Connection, workload_id: UUID, at: datetime) -> None:
+    await tx.execute("UPDATE workloads SET cancel_requested_at = $2 WHERE workload_id = $1", workload_id, at)
+
+
+# the digest (libs.common.digest) covers every table and column of the schema but the ones named here
+# (processing-order artefacts only): a replay must rebuild everything else exactly
+DIGEST: dict[str, StateTable] = {}

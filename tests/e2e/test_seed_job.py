@@ -117,9 +117,10 @@ async def test_a_gpu_job_pays_its_gpu_hours_at_the_vendors_gpu_price(exchange: E
     await run_as_vendor(exchange, assigned, [(1800, 3600, 1)])
     await exchange.wait_status("xyz", "my-first-sparkjob", "settled")
     [line] = (await exchange.query("settlement", "invoice", tenant="xyz"))["lines"]
-    # 0.5 DTU-h x €0.045 = €0.022500 plus 1 GPU x 1 h x €2 = €2.022500 to the vendor; fee 2.5 % = €0.050563
-    assert (line["gpu_micro_hours"], line["vendor_micro_eur"], line["fee_micro_eur"], line["total_micro_eur"]) == (
-        1_000_000, 2_022_500, 50_563, 2_073_063)
+    # 0.5 DTU-h x €0.045 = €0.022500 plus 1 GPU x 1 h x €2 = €2.022500 to the vendor; fee 2.5 % = €0.0505625,
+    # €0.050562 rounded down; the consumer pays €2.0730625 rounded half up = €2.073063: €0.000001 of rounding
+    assert (line["gpu_micro_hours"], line["vendor_micro_eur"], line["fee_micro_eur"], line["rounding_micro_eur"],
+            line["total_micro_eur"]) == (1_000_000, 2_022_500, 50_562, 1, 2_073_063)
     assert (await exchange.query("settlement", "ledger_check"))["ok"]
 
 
@@ -174,9 +175,13 @@ async def test_a_redelivered_event_changes_state_once(exchange: Exchange) -> Non
 
 async def test_usage_samples_arriving_out_of_order_are_integrated_in_seq_order(exchange: Exchange) -> None:
     await offer(exchange, "safespring", "std-4c-16g", 38_000)
-    await submit(exchange, seed_manifest())
+    # 8 GiB (DTU rate 2): the 2 h run allows 4 DTU-h, so the clamp to the allocation does not hide the order
+    await submit(exchange, seed_manifest(resources={"memory": "8Gi"}))
     assigned = await assignment(exchange, "safespring")
     p, party = assigned.payload, f"v-{assigned.payload.vendor}"
+    await exchange.publish(new_envelope(WorkloadReported(  # metering bounds samples by the running interval
+        workload_id=p.workload_id, job_id=p.job_id, vendor=p.vendor, status="running", at=T0), source="agent",
+        party=party, correlation_id=p.job_id))
 
     def sample(seq: int, cpu_s: int, wall_s: int, gib: int) -> Any:
         return new_envelope(UsageSampled(

@@ -87,5 +87,10 @@ async def test_the_journal_traces_a_jobs_invoice_line_to_its_transfers(exchange:
                      ("charge", "escrow:xyz", "vendor:safespring", 19_000),
                      ("fee", "escrow:xyz", "exchange:fees", 475),
                      ("release", "escrow:xyz", "tenant:xyz", 50_000_000 - 19_475)]
+    # ... and each charge to the metered use that caused it: the readings add up to the 0.5 DTU-h run
+    readings = {t["event_id"]: t["usage_dtu_micro_hours"] for t in json.loads(out)["transfers"] if t["reading"]}
+    assert sum(readings.values()) == 500_000
+    code, out = await smctl(infra, "ledger", "journal", "--job", "my-first-sparkjob", "-n", "xyz")
+    assert code == 0 and "+0.500000 DTU-h" in out, out
     code, out = await smctl(infra, "ledger", "journal", "--job", "nothing", "-n", "xyz")
     assert code == 1 and "no money moved for job xyz/nothing" in out

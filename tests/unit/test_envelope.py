@@ -15,13 +15,37 @@ from pydantic import ValidationError
 
 from libs.common.envelope import Envelope, InvalidEvent, Payload, derive, new_envelope, parse_envelope
 from libs.common.events import all_events, payload_class, type_of
-from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported
-from libs.common.events.intake import JobAccepted, JobRejected
+from libs.common.events.agent import AvailabilityWindow, OfferPublished, UsageSampled, WorkloadReported
+from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
 from libs.common.events.matching import ConstraintMiss, JobExpired, JobMatched, JobUnmatchable
-from libs.common.events.metering import MeterClosed
-from libs.common.events.placement import WorkloadAssigned, WorkloadFailed, WorkloadFinished, WorkloadStarted
-from libs.common.events.sdk import DepositRequested, JobSubmitted
-from libs.common.events.settlement import ChargePosted, FundsDeposited, FundsHeld, HoldReleased, InsufficientFunds
+from libs.common.events.metering import MeterClosed, MeterProgressed
+from libs.common.events.placement import (
+    WorkloadAssigned,
+    WorkloadCancelled,
+    WorkloadCancelRequested,
+    WorkloadFailed,
+    WorkloadFinished,
+    WorkloadStarted,
+)
+from libs.common.events.sdk import (
+    DepositRequested,
+    DisputeResolutionRequested,
+    JobCancelRequested,
+    JobSubmitted,
+    PayoutRequested,
+)
+from libs.common.events.settlement import (
+    ChargePosted,
+    DisputeOpened,
+    DisputeResolved,
+    FundsDeposited,
+    FundsHeld,
+    HoldReleased,
+    InsufficientFunds,
+    PayoutPosted,
+    PayoutRefused,
+    UsageCharged,
+)
 from libs.common.ids import derived_id
 from libs.common.manifest import FieldError, JobRequest, Resources, Restrictions
 
@@ -36,7 +60,9 @@ REQUEST = JobRequest(
     max_micro_eur_per_dtu_hour=50_000_000, command=("python3", "/myjobs/spark/script.py"),
     env={"INPUT": "/myjobs/data"},
     resources=Resources(vcpu=Decimal("0.5"), memory_gib=Decimal("0.931322574615478515625"), gpu=1, gpu_model="a100"),
-    expected_duration_s=5400, restrictions=Restrictions(region="Sweden", vendors=("elastx", "safespring")),
+    expected_duration_s=5400, restrictions=Restrictions(region="Sweden", vendors=("elastx", "safespring"),
+                                                        deny_vendors=("citycloud",), attributes=("gdpr",)),
+    earliest_start=T0, max_micro_eur_total=20_000_000, preference="soonest",
 )
 WORKLOAD_FACT = dict(workload_id=WORKLOAD, job_id=JOB, tenant="xyz", name="my-first-sparkjob", vendor="elastx",
                      node="n1", at=T0)
@@ -47,7 +73,10 @@ SAMPLES: dict[type[Payload], Payload] = {
     OfferPublished: OfferPublished(
         offer_id=OFFER, vendor="elastx", node="n1", region="se-sto", country="Sweden", eu=True, vcpu=Decimal("7.5"),
         memory_gib=Decimal("30.25"), gpu_count=2, gpu_model="a100", arch="arm64", price_micro_eur_per_dtu_hour=41_000,
-        price_micro_eur_per_gpu_hour=1_200_000, available_from=T0, available_until=T1, illustrative=True),
+        price_micro_eur_per_gpu_hour=1_200_000, available_from=T0, available_until=T1, illustrative=True,
+        calendar=[AvailabilityWindow(start=T0, end=T1, vcpu=Decimal("4"), memory_gib=Decimal("16"), gpu_count=1,
+                                     price_micro_eur_per_dtu_hour=30_000, price_micro_eur_per_gpu_hour=900_000)],
+        attributes=["gdpr", "iso27001"]),
     WorkloadReported: WorkloadReported(workload_id=WORKLOAD, job_id=JOB, vendor="elastx", status="failed", at=T1,
                                        exit_code=137, message="OOM killed", last_usage_seq=12),
     UsageSampled: UsageSampled(workload_id=WORKLOAD, job_id=JOB, vendor="elastx", tenant="xyz", seq=3, at=T0,
@@ -70,15 +99,41 @@ SAMPLES: dict[type[Payload], Payload] = {
     MeterClosed: MeterClosed(workload_id=WORKLOAD, job_id=JOB, tenant="xyz", vendor="elastx", outcome="succeeded",
                              dtu_micro_hours=1_500_000, cpu_us=5_400_000_000, rss_peak_bytes=2 * 2**30,
                              wall_us=7_200_000_000, samples=2, closed_at=T1),
+    MeterProgressed: MeterProgressed(workload_id=WORKLOAD, job_id=JOB, tenant="xyz", vendor="elastx",
+                                     dtu_micro_hours=16_667, claimed_dtu_micro_hours=20_000,
+                                     witness_dtu_micro_hours=15_000, disputed_dtu_micro_hours=1_667,
+                                     wall_us=60_000_000, seq=2, at=T1),
     FundsHeld: FundsHeld(job_id=JOB, tenant="xyz", amount_micro_eur=75_000_000),
     ChargePosted: ChargePosted(job_id=JOB, tenant="xyz", name="my-first-sparkjob", vendor="elastx",
                                dtu_micro_hours=1_500_000, price_micro_eur_per_dtu_hour=38_000, vendor_micro_eur=57_000,
                                fee_micro_eur=1_425, total_micro_eur=58_425),
-    HoldReleased: HoldReleased(job_id=JOB, tenant="xyz", amount_micro_eur=74_941_575),
+    HoldReleased: HoldReleased(job_id=JOB, tenant="xyz", amount_micro_eur=74_941_575, reason="posted"),
+    UsageCharged: UsageCharged(job_id=JOB, tenant="xyz", name="my-first-sparkjob", vendor="elastx",
+                               dtu_micro_hours=1_000_000, price_micro_eur_per_dtu_hour=38_000, vendor_micro_eur=30_000,
+                               disputed_micro_eur=8_000, fee_micro_eur=950, rounding_micro_eur=0,
+                               total_micro_eur=38_950),
+    DisputeOpened: DisputeOpened(job_id=JOB, tenant="xyz", name="my-first-sparkjob", vendor="elastx",
+                                 disputed_dtu_micro_hours=400_000, claimed_dtu_micro_hours=1_000_000,
+                                 witness_dtu_micro_hours=600_000, held_micro_eur=15_200),
+    DisputeResolutionRequested: DisputeResolutionRequested(job_id=JOB, pay="tenant", note="the witness is right"),
+    DisputeResolved: DisputeResolved(job_id=JOB, tenant="xyz", vendor="elastx", paid_to="tenant",
+                                     amount_micro_eur=15_200),
+    PayoutRequested: PayoutRequested(vendor="elastx", amount_micro_eur=30_000, reference="po-1"),
+    PayoutPosted: PayoutPosted(vendor="elastx", amount_micro_eur=30_000, reference="po-1"),
+    PayoutRefused: PayoutRefused(vendor="elastx", amount_micro_eur=30_000, available_micro_eur=8_000,
+                                 reference="po-2"),
     DepositRequested: DepositRequested(tenant="xyz", amount_micro_eur=100_000_000, reference="pay-1"),
     FundsDeposited: FundsDeposited(tenant="xyz", amount_micro_eur=100_000_000, reference="pay-1"),
     InsufficientFunds: InsufficientFunds(job_id=JOB, tenant="xyz", name="my-first-sparkjob",
                                          needed_micro_eur=50_000_000, available_micro_eur=10_000_000),
+    JobCancelRequested: JobCancelRequested(tenant="xyz", name="my-first-sparkjob", reason="wrong input"),
+    JobCancelled: JobCancelled(job_id=JOB, tenant="xyz", name="my-first-sparkjob", previous_status="running",
+                               reason="wrong input"),
+    JobCancelRefused: JobCancelRefused(tenant="xyz", name="my-first-sparkjob", reason="no job xyz/my-first-sparkjob"),
+    WorkloadCancelled: WorkloadCancelled(job_id=JOB, tenant="xyz", name="my-first-sparkjob", vendor="elastx",
+                                         reason="wrong input", at=T0),
+    WorkloadCancelRequested: WorkloadCancelRequested(workload_id=WORKLOAD, job_id=JOB, vendor="elastx", node="n1",
+                                                     reason="wrong input", at=T0),
 }
 
 REGISTERED = sorted(all_events().items())

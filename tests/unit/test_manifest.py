@@ -96,6 +96,30 @@ def test_numeric_env_values_become_strings_as_kubernetes_users_expect() -> None:
     assert accepted(with_spec(env={"PORT": 80, "RATIO": 0.5})).env == {"PORT": "80", "RATIO": "0.5"}
 
 
+def test_the_optional_request_fields_have_documented_defaults() -> None:
+    job = accepted(seed())
+    assert (job.preference, job.earliest_start, job.max_micro_eur_total) == ("cheapest", None, None)
+    assert (job.restrictions.deny_vendors, job.restrictions.attributes) == ((), ())
+
+
+def test_preference_earliest_start_budget_deny_list_and_compliance_attributes_are_read() -> None:
+    doc = with_spec(preference="soonest", notBefore="2025-03-02T08:00:00Z", maxEuroTotal="12.5")
+    doc["spec"]["restrictions"].update(excludeVendor="citycloud", attributes=["GDPR", " iso27001"])
+    job = accepted(doc)
+    assert job.preference == "soonest"
+    assert job.earliest_start == datetime(2025, 3, 2, 8, tzinfo=timezone.utc)
+    assert job.max_micro_eur_total == 12_500_000
+    assert job.restrictions.deny_vendors == ("citycloud",)
+    assert job.restrictions.attributes == ("gdpr", "iso27001")
+
+
+def test_an_unknown_preference_and_an_earliest_start_after_the_deadline_are_named() -> None:
+    assert "spec.preference" in fields_of(with_spec(preference="fastest"))
+    errs = errors_of(with_spec(notBefore="2025-03-26T00:00:00Z"))
+    assert [e.field for e in errs] == ["spec.notBefore"]
+    assert "is not before the deadline" in errs[0].reason
+
+
 # --- header fields ---------------------------------------------------------------------------------------
 
 

@@ -52,3 +52,30 @@ class WorkloadFailed(_WorkloadFact):
     reason: str
     exit_code: int | None = None
     last_usage_seq: int | None = None
+
+
+@event("WorkloadCancelled", subject="placement.workload.cancelled")
+class WorkloadCancelled(Payload):
+    """The job was cancelled before anything ran: no usage, so settlement voids its hold and matching
+    frees its reservation. (A running workload that is cancelled ends as WorkloadFailed instead.)"""
+
+    job_id: UUID
+    tenant: str
+    name: str
+    vendor: str | None = None  # None when the job was never placed
+    reason: str
+    at: AwareDatetime
+
+
+@event("WorkloadCancelRequested", subject="placement.workload.cancel")
+class WorkloadCancelRequested(Payload):
+    """On the vendor's subject: the job was cancelled, stop its workload. The agent kills it and reports
+    it failed with the message "cancelled" (so it is paid for what it used); an assignment it has not
+    started it drops."""
+
+    workload_id: UUID
+    job_id: UUID
+    vendor: str
+    node: str
+    reason: str
+    at: AwareDatetime

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import Field
 
@@ -17,6 +18,16 @@ class JobSubmitted(Payload):
     manifest: dict[str, Any]
 
 
+@event("JobCancelRequested", subject="sdk.job.cancel")
+class JobCancelRequested(Payload):
+    """A consumer asks to cancel one of its jobs; intake cancels it (JobCancelled) or says why not
+    (JobCancelRefused). Asking again for a cancelled job changes nothing."""
+
+    tenant: str
+    name: str = Field(min_length=1, max_length=253)
+    reason: str = Field("", max_length=500)
+
+
 @event("DepositRequested", subject="sdk.wallet.deposit")
 class DepositRequested(Payload):
     """Money paid into a tenant's wallet (the only way money enters the exchange).
@@ -27,3 +38,21 @@ class DepositRequested(Payload):
     tenant: str
     amount_micro_eur: int = Field(gt=0, le=10**12)  # at most one million euros at a time
     reference: str = Field(min_length=1, max_length=200)
+
+
+@event("PayoutRequested", subject="sdk.vendor.payout")
+class PayoutRequested(Payload):
+    """A vendor asks for (part of) its payable to be paid out to its bank; once per reference."""
+
+    vendor: str
+    amount_micro_eur: int = Field(gt=0, le=10**12)
+    reference: str = Field(min_length=1, max_length=200)
+
+
+@event("DisputeResolutionRequested", subject="sdk.dispute.resolve")
+class DisputeResolutionRequested(Payload):
+    """An operator decides a dispute: the held amount goes to the vendor or back to the tenant."""
+
+    job_id: UUID
+    pay: Literal["vendor", "tenant"]
+    note: str = Field("", max_length=500)

@@ -6,13 +6,23 @@ import itertools
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.common.manifest import JobRequest, Resources, Restrictions
-from services.matching.domain import CONSTRAINTS, Match, Offer, best_match, first_miss, hourly_cost, region_matches
+from services.matching.domain import (
+    CONSTRAINTS,
+    Match,
+    Offer,
+    best_match,
+    first_miss,
+    hourly_cost,
+    region_matches,
+    status_on_cancel,
+)
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -21,12 +31,12 @@ EUR = 1_000_000  # micro-euros
 
 def job(*, region: str | None = None, vendors: tuple[str, ...] = (), vcpu: str = "1", memory_gib: str = "4",
         gpu: int = 0, gpu_model: str | None = None, cap_eur: int = 50, duration_s: int = 3600,
-        not_after: datetime = NOW + 24 * H, gpu_cap_eur: int | None = None) -> JobRequest:
+        not_after: datetime = NOW + 24 * H, gpu_cap_eur: int | None = None, **extra: Any) -> JobRequest:
     return JobRequest(
         tenant="xyz", name="j", not_after=not_after, max_micro_eur_per_dtu_hour=cap_eur * EUR, command=("true",),
         max_micro_eur_per_gpu_hour=(gpu_cap_eur if gpu_cap_eur is not None else 10) * EUR if gpu else None,
         resources=Resources(vcpu=Decimal(vcpu), memory_gib=Decimal(memory_gib), gpu=gpu, gpu_model=gpu_model),
-        expected_duration_s=duration_s, restrictions=Restrictions(region=region, vendors=vendors))
+        expected_duration_s=duration_s, restrictions=Restrictions(region=region, vendors=vendors), **extra)
 
 
 _ids = itertools.count(1)
@@ -396,3 +406,13 @@ def test_scanning_offers_in_price_order_picks_the_same_winner_as_a_full_scan(req
                                                                             offers: list[Offer]) -> None:
     by_price = sorted(offers, key=lambda o: (o.price_micro_eur_per_dtu_hour, o.offer_id))
     assert best_match(req, by_price, NOW, by_price=True)[0] == best_match(req, offers, NOW)[0]
+
+
+# --- cancelling ------------------------------------------------------------------------------------------
+
+
+def test_only_a_waiting_job_leaves_the_book_when_it_is_cancelled() -> None:
+    assert status_on_cancel("waiting") == "cancelled"
+    # a matched job keeps its reservation until placement says its workload was cancelled or ended
+    for status in ("matched", "expired", "refused", "cancelled"):
+        assert status_on_cancel(status) is None

@@ -15,7 +15,6 @@ from services.metering.domain import (
     Sample,
     apply_in_order,
     apply_sample,
-    complete,
     interval_dtu_hours,
     micro_dtu_hours,
 )
@@ -94,6 +93,7 @@ def test_a_counter_that_goes_backwards_is_not_believed_and_adds_nothing() -> Non
         assert after is not None and after.last_seq == 2  # consumed, so the next sample can follow
         assert (after.cpu_us, after.wall_us, after.dtu_hours, after.samples) == (
             m.cpu_us, m.wall_us, m.dtu_hours, m.samples)
+        assert after.rejected == 1
 
 
 def test_after_a_disbelieved_sample_the_next_good_one_integrates_from_the_last_good_one() -> None:
@@ -134,27 +134,6 @@ def test_a_later_sample_arriving_before_an_earlier_one_does_not_bill_more_than_i
     assert apply_all([s1, s2]).dtu_hours == Decimal("2.25")
     assert apply_all([s2, s1]).dtu_hours <= Decimal("2.25")
     assert apply_in_order(EMPTY, [s2, s1]).dtu_hours == Decimal("2.25")
-
-
-# --- complete() ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("final_seq", "last_seq", "done"),
-    [
-        (None, None, True),  # the end report announced no samples
-        (None, 4, True),
-        (3, None, False),  # announced samples, none in yet
-        (3, 2, False),  # the last announced sample is still on its way
-        (3, 3, True),
-        (3, 4, True),
-        (0, None, False),
-        (0, 0, True),
-    ],
-)
-def test_a_meter_is_complete_once_the_last_announced_sample_is_in(final_seq: int | None, last_seq: int | None,
-                                                                  done: bool) -> None:
-    assert complete(final_seq, last_seq) is done
 
 
 # --- properties ------------------------------------------------------------------------------------------

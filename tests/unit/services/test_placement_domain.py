@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.placement.domain import TERMINAL, Status, transition
+from services.placement.domain import TERMINAL, Status, on_cancel, transition
 
 STATUSES: tuple[str, ...] = get_args(Status)
 
@@ -72,3 +72,32 @@ def test_any_sequence_of_reports_only_moves_forward_and_stops_at_the_first_end(r
         s = nxt
     ends = [r for r in reports if r in TERMINAL]
     assert s == (ends[0] if ends else "running" if "running" in reports else "assigned")
+
+
+# --- cancelling ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reported", STATUSES)
+def test_a_vendors_late_report_about_a_workload_cancelled_before_it_ran_changes_nothing(reported: str) -> None:
+    assert transition("cancelled", reported) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("current", "stop_requested", "action"), [
+    (None, False, "tombstone"),  # FundsHeld not here yet: a later one is cancelled instead of assigned
+    ("assigned", False, "drop"),  # nothing ran: WorkloadCancelled, and the vendor drops it
+    ("running", False, "stop"),  # the vendor kills it and reports it failed
+    ("running", True, "none"),  # asked to stop before
+    ("succeeded", False, "none"),
+    ("failed", False, "none"),
+    ("cancelled", True, "none"),
+])
+def test_what_cancelling_a_job_does_to_its_workload(current: str | None, stop_requested: bool, action: str) -> None:
+    assert on_cancel(current, stop_requested) == action  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("current", [*STATUSES, "cancelled", None])
+def test_cancelling_twice_never_acts_twice(current: str | None) -> None:
+    first = on_cancel(current, False)  # type: ignore[arg-type]
+    after = {"drop": ("cancelled", True), "stop": (current, True), "none": (current, False)}.get(first)
+    if after is not None:
+        assert on_cancel(*after) == "none"  # type: ignore[arg-type]

@@ -4,12 +4,14 @@ exchange is not running."""
 import socket
 from decimal import Decimal
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from typer.testing import CliRunner
 
 from clients.sdk.client import (
     INVALID_PARTY,
+    CancelOutcome,
     ManifestFileError,
     field_errors,
     format_eur,
@@ -17,7 +19,7 @@ from clients.sdk.client import (
     submission_party,
 )
 from clients.smctl.main import app
-from clients.smctl.render import order_timeline
+from clients.smctl.render import cancel_line, order_timeline
 from libs.common.ids import job_id
 
 REPO = Path(__file__).resolve().parents[3]
@@ -48,7 +50,7 @@ def closed_port_url() -> str:
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("up", "down", "logs", "apply", "get", "describe", "invoice", "ledger", "demo"):
+    for command in ("up", "down", "logs", "apply", "get", "describe", "cancel", "invoice", "ledger", "demo"):
         assert command in result.output
 
 
@@ -227,3 +229,26 @@ def test_demo_never_empties_a_directory_that_is_not_its_own(tmp_path: Path) -> N
     assert result.exit_code == 1
     assert "is not a demo state dir" in result.output
     assert precious.read_text() == "keep me"
+
+
+def test_cancel_of_anything_but_a_job_names_the_choice() -> None:
+    result = runner.invoke(app, ["cancel", "offer", "x", "-n", "xyz"])
+    assert result.exit_code == 1
+    assert "cannot cancel 'offer'; only job" in result.output
+
+
+def test_cancel_without_an_exchange_says_how_to_start_it(closed_port_url: str) -> None:
+    result = runner.invoke(app, ["--nats-url", closed_port_url, "cancel", "job", "j", "-n", "xyz"])
+    assert result.exit_code == 1
+    assert "smctl up" in result.output
+
+
+@pytest.mark.parametrize(("outcome", "line"), [
+    (dict(cancelled=True, previous_status="running"),
+     "job xyz/j cancelled while running: its vendor stops it; only what it used is charged"),
+    (dict(cancelled=True, previous_status="placed"),
+     "job xyz/j cancelled (it was placed): nothing ran, nothing is charged"),
+    (dict(cancelled=True, already=True), "job xyz/j is cancelled already; nothing changed"),
+])
+def test_a_cancel_says_what_it_did(outcome: dict[str, object], line: str) -> None:
+    assert cancel_line(CancelOutcome(uuid4(), "xyz", "j", **outcome)).plain == line  # type: ignore[arg-type]
