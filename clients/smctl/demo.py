@@ -3,9 +3,10 @@
 up → offers summary → the seed manifest exactly as first written (deadline in 2025: rejected, with
 the field named) → the same manifest with only `spec.notAfter` moved to now + 2h, followed from
 accepted to settled → a word count over the shared data folder on an EU vendor, followed to settled
-→ both jobs, the tenant's invoice, the ledger check → down (always).
+→ a few CPU-seconds counting primes, so that money visibly moves → the jobs, the tenant's invoice, the
+primes job traced transfer by transfer to its metered usage, the ledger check → down (always).
 
-Succeeds (returns True) only if both jobs settled with outcome finished and the ledger is ok.
+Succeeds (returns True) only if every job settled with outcome finished and the ledger is ok.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from clients.smctl import stack as stack_mod
 EXAMPLES = stack_mod.REPO_ROOT / "examples"
 SEED_MANIFEST = EXAMPLES / "seed-job.yaml"
 WORDCOUNT_MANIFEST = EXAMPLES / "wordcount-job.yaml"
+PRIMES_MANIFEST = EXAMPLES / "primes-job.yaml"
 MARKER = ".smctl-demo"  # only a directory carrying it is emptied by --fresh
 SEED_VENDORS = ("elastx", "safespring")
 OFFERS_TIMEOUT_S = 45.0
@@ -129,27 +131,24 @@ async def _story(nats_url: str, state_dir: Path, console: Console, *, wait_seed_
         job1 = await _apply_and_follow(ex, console, seed_now)
         _show_output(console, state_dir, job1)
 
-        wordcount = load_manifests(WORDCOUNT_MANIFEST)[0]
-        wordcount.setdefault("spec", {}).setdefault("notAfter", _in_2h())
-        console.print(Rule("5. a word count over the shared data folder, on an EU vendor"))
-        spec = wordcount["spec"]
-        console.print(Text(f"{WORDCOUNT_MANIFEST.relative_to(stack_mod.REPO_ROOT)}: "
-                           f"{' '.join(spec.get('command') or [])}, INPUT={spec.get('env', {}).get('INPUT')}, "
-                           f"region {spec.get('restrictions', {}).get('region')}, notAfter {spec['notAfter']}"),
-                      soft_wrap=True)
-        job2 = await _apply_and_follow(ex, console, wordcount)
-        _show_output(console, state_dir, job2, lines=12)
+        wordcount = await _example(ex, console, state_dir, WORDCOUNT_MANIFEST,
+                                   "5. a word count over the shared data folder, on an EU vendor", lines=12)
+        primes = await _example(ex, console, state_dir, PRIMES_MANIFEST,
+                                "6. the primes below two million, in Sweden: a few CPU-seconds, so that money moves",
+                                lines=3)
+        job2, job3 = wordcount[1], primes[1]
 
-        console.print(Rule(f"6. tenant {tenant}: jobs and invoice"))
-        jobs = [j for j in await ex.jobs(tenant) if j.get("name") in (name, wordcount["metadata"]["name"])]
+        console.print(Rule(f"7. tenant {tenant}: jobs and invoice"))
+        names = {name, wordcount[0], primes[0]}
+        jobs = [j for j in await ex.jobs(tenant) if j.get("name") in names]
         console.print(render.jobs_table(jobs))
         try:
             inv = await ex.invoice(tenant)
             console.print(money.lines_table(f"smctl invoice {tenant}", inv.get("lines") or [], who="vendor"))
-            journal = await ex.journal(tenant, name)
+            journal = await ex.journal(tenant, primes[0])
             if journal:
-                console.print(f"smctl ledger journal --job {name} -n {tenant}   (the seed job's line, transfer by "
-                              "transfer, each with the event that caused it):")
+                console.print(f"smctl ledger journal --job {primes[0]} -n {tenant}   (its invoice line, transfer by "
+                              "transfer, each with the event that caused it and the usage it charges for):")
                 for t in journal["transfers"]:
                     use = (f"  for +{format_dtu_hours(t['usage_dtu_micro_hours'])} DTU-h metered ({t['reading']} "
                            "reading)" if t.get("reading") in ("usage", "final") else "")
@@ -166,18 +165,33 @@ async def _story(nats_url: str, state_dir: Path, console: Console, *, wait_seed_
         console.print(f"wallet {tenant}: {render.eur(wallet['balance_micro_eur'])} EUR available, "
                       f"{render.eur(wallet['held_micro_eur'])} EUR held")
 
-        console.print(Rule("7. ledger check"))
+        console.print(Rule("8. ledger check"))
         ledger = await ex.ledger_check()
         for line in render.ledger_lines(ledger):
             console.print(line, soft_wrap=True)
 
-    good = [_settled_ok(j) for j in (job1, job2)]
-    for job, ok in zip((job1, job2), good, strict=True):
+    good = [_settled_ok(j) for j in (job1, job2, job3)]
+    for job, ok in zip((job1, job2, job3), good, strict=True):
         if not ok:
             who = f"{job.get('tenant')}/{job.get('name')}" if job else "a job"
             state = f"status {job.get('status')}, outcome {job.get('outcome')}" if job else "never accepted"
             console.print(Text(f"{who} did not settle as finished ({state})", style="red"))
     return all(good) and bool(ledger.get("ok"))
+
+
+async def _example(ex: Exchange, console: Console, state_dir: Path, path: Path, title: str,
+                   lines: int) -> tuple[str, dict[str, Any] | None]:
+    """Apply an example manifest due in two hours, follow it to settled and show its output: (name, job)."""
+    manifest = load_manifests(path)[0]
+    manifest.setdefault("spec", {}).setdefault("notAfter", _in_2h())
+    console.print(Rule(title))
+    spec = manifest["spec"]
+    console.print(Text(f"{path.relative_to(stack_mod.REPO_ROOT)}: {' '.join(spec.get('command') or [])}, "
+                       f"env {spec.get('env') or {}}, region {spec.get('restrictions', {}).get('region')}, "
+                       f"notAfter {spec['notAfter']}"), soft_wrap=True)
+    job = await _apply_and_follow(ex, console, manifest)
+    _show_output(console, state_dir, job, lines=lines)
+    return manifest["metadata"]["name"], job
 
 
 async def _wait_wallet(ex: Exchange, tenant: str, balance: int, timeout_s: float = 30.0) -> dict[str, Any]:
