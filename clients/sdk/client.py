@@ -14,6 +14,7 @@ never reads a database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 from uuid import UUID, uuid4
 
 import nats
@@ -342,30 +343,12 @@ class Exchange:
         if not wait:
             await self._publish(env)
             return env.id
-        decided: asyncio.Queue[Envelope[Any]] = asyncio.Queue()
-
-        async def on_decision(msg: Msg) -> None:
-            try:
-                got = parse_envelope(msg.data)
-            except InvalidEvent:
-                return
-            if got.causation_id == env.id and isinstance(got.payload, (JobCancelled, JobCancelRefused)):
-                decided.put_nowait(got)
-
-        # subscribe before publishing so the decision cannot slip past
-        subs = [await self.nc.subscribe(f"{_prefix(cls)}.{env.party}", cb=on_decision)
-                for cls in (JobCancelled, JobCancelRefused)]
-        try:
-            await self.nc.flush()
+        async with self._answers(env, (JobCancelled, JobCancelRefused)) as answers:
             await self._publish(env)
             deadline = time.monotonic() + timeout_s
             while True:
-                left = deadline - time.monotonic()
-                try:
-                    got = await asyncio.wait_for(decided.get(), timeout=max(0.05, min(1.0, left)))
-                except asyncio.TimeoutError:
-                    pass
-                else:
+                got = await _next_answer(answers, deadline)
+                if got is not None:
                     p = got.payload
                     if isinstance(p, JobCancelled):
                         return CancelOutcome(env.id, tenant, name, True, previous_status=p.previous_status)
@@ -378,6 +361,27 @@ class Exchange:
                     raise TimeoutError(
                         f"intake did not answer the cancel of {tenant}/{name} within {timeout_s:g}s (the request is "
                         f"stored and will be answered when intake runs): {NOT_RUNNING}")
+
+    @contextlib.asynccontextmanager
+    async def _answers(self, env: Envelope[Any],
+                       kinds: tuple[type, ...]) -> AsyncIterator[asyncio.Queue[Envelope[Any]]]:
+        """The events of `kinds` caused by `env`, as they come: subscribed to before `env` is published, so
+        that the answer cannot slip past (the cause is the event's causation id, so an older answer to the same
+        job is not mistaken for this one)."""
+        answers: asyncio.Queue[Envelope[Any]] = asyncio.Queue()
+
+        async def on_event(msg: Msg) -> None:
+            try:
+                got = parse_envelope(msg.data)
+            except InvalidEvent:
+                return
+            if got.causation_id == env.id and isinstance(got.payload, kinds):
+                answers.put_nowait(got)
+
+        subs = [await self.nc.subscribe(f"{_prefix(kind)}.{env.party}", cb=on_event) for kind in kinds]
+        try:
+            await self.nc.flush()
+            yield answers
         finally:
             for sub in subs:
                 await sub.unsubscribe()
@@ -404,31 +408,14 @@ class Exchange:
             await self._publish(env)
             return env.id
         namespace, name = manifest_identity(manifest)
-        decided: asyncio.Queue[Envelope[Any]] = asyncio.Queue()
-
-        async def on_decision(msg: Msg) -> None:
-            try:
-                got = parse_envelope(msg.data)
-            except InvalidEvent:
-                return
-            if got.causation_id == env.id and isinstance(got.payload, (JobAccepted, JobRejected)):
-                decided.put_nowait(got)
-
-        # subscribe before publishing so the decision cannot slip past
-        sub = await self.nc.subscribe(f"{_prefix(JobAccepted)}.{env.party}", cb=on_decision)
-        sub2 = await self.nc.subscribe(f"{_prefix(JobRejected)}.{env.party}", cb=on_decision)
-        try:
-            await self.nc.flush()
+        async with self._answers(env, (JobAccepted, JobRejected)) as answers:
             before = await self._decision_count(namespace, name)
             await self._publish(env)
             deadline = time.monotonic() + timeout_s
             while True:
-                left = deadline - time.monotonic()
-                try:
-                    got = await asyncio.wait_for(decided.get(), timeout=max(0.05, min(1.0, left)))
+                got = await _next_answer(answers, deadline)
+                if got is not None:
                     return _outcome(env.id, namespace, name, got)
-                except asyncio.TimeoutError:
-                    pass
                 # fallback: the intake query shows a new decision (e.g. the event was on another subject)
                 fallback = await self._decision_from_query(env.id, namespace, name, before,
                                                            final=time.monotonic() >= deadline - 1.0)
@@ -438,9 +425,6 @@ class Exchange:
                     raise TimeoutError(
                         f"intake did not decide about {namespace or '?'}/{name or '?'} within {timeout_s:g}s "
                         f"(the submission is stored and will be decided when intake runs): {NOT_RUNNING}")
-        finally:
-            await sub.unsubscribe()
-            await sub2.unsubscribe()
 
     async def _decision_count(self, tenant: str, name: str) -> int | None:
         if not (is_dns_label(tenant) and name):
@@ -655,6 +639,14 @@ def _count_decisions(job: dict[str, Any] | None) -> int:
     if not job:
         return 0
     return sum(1 for e in job.get("timeline") or [] if e.get("type") in _DECISIONS)
+
+
+async def _next_answer(answers: asyncio.Queue[Envelope[Any]], deadline: float) -> Envelope[Any] | None:
+    """The next answer, or None after at most a second (the caller looks at the job's state in between)."""
+    try:
+        return await asyncio.wait_for(answers.get(), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+    except asyncio.TimeoutError:
+        return None
 
 
 def _outcome(event_id: UUID, namespace: str, name: str, env: Envelope[Any]) -> Outcome:
