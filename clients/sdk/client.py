@@ -47,6 +47,7 @@ from libs.common.events.sdk import (
     JobSubmitted,
     PayoutRequested,
 )
+from libs.common.events.settlement import PayoutPosted, PayoutRefused
 from libs.common.ids import job_id
 from libs.common.manifest import MICRO, FieldError, euro_to_micro, is_dns_label, manifest_identity
 from libs.common.streams import ensure_streams
@@ -196,6 +197,18 @@ class CancelOutcome:
     reason: str = ""  # why intake refused (not cancelled)
 
 
+@dataclass(frozen=True)
+class PayoutOutcome:
+    """What settlement did with one payout request."""
+
+    event_id: UUID  # the PayoutRequested event's id
+    vendor: str
+    amount_micro_eur: int
+    paid: bool  # paid out: now, or before under the same reference (`already`)
+    already: bool = False
+    available_micro_eur: int | None = None  # when refused: what the vendor's payable holds
+
+
 class Exchange:
     """A connection to the exchange: NATS for events and queries.
 
@@ -274,6 +287,8 @@ class Exchange:
             raise ExchangeError(f"amount: {e}") from None
         if not is_dns_label(tenant):
             raise ExchangeError(f"tenant: {tenant!r} is not a DNS-1123 label")
+        if reference is not None and not 1 <= len(reference) <= 200:
+            raise ExchangeError("reference: must be 1 to 200 characters")
         env = new_envelope(DepositRequested(tenant=tenant, amount_micro_eur=micro, reference=reference or str(uuid4())),
                            source="sdk", party=f"t-{tenant}", correlation_id=uuid4())
         await self._publish(env)
@@ -519,8 +534,16 @@ class Exchange:
         """A vendor's payout statement for [since, until): earned per job, disputes, payouts, balances."""
         return await self.query("settlement", "statement", vendor=vendor, **_period(since, until))
 
-    async def payout(self, vendor: str, amount_eur: str | int | Decimal, reference: str) -> UUID:
-        """Ask for `amount_eur` of the vendor's payable to be paid out; the same `reference` pays once."""
+    async def payout(self, vendor: str, amount_eur: str | int | Decimal, reference: str, *, wait: bool = False,
+                     timeout_s: float = 20.0) -> PayoutOutcome | UUID:
+        """Ask for `amount_eur` of the vendor's payable to be paid out; the same `reference` pays once.
+
+        Without `wait`, returns the request's event id. With it, returns settlement's answer: paid, or
+        refused with what the payable holds (more than the payable, or a vendor that has earned nothing).
+
+        Raises:
+            TimeoutError: no answer within `timeout_s`.
+        """
         try:
             micro = euro_to_micro(amount_eur)
         except ValueError as e:
@@ -531,8 +554,26 @@ class Exchange:
             raise ExchangeError("reference: must be 1 to 200 characters")
         env = new_envelope(PayoutRequested(vendor=vendor, amount_micro_eur=micro, reference=reference),
                            source="sdk", party=subjects.vendor_party(vendor), correlation_id=uuid4())
-        await self._publish(env)
-        return env.id
+        if not wait:
+            await self._publish(env)
+            return env.id
+        async with self._answers(env, (PayoutPosted, PayoutRefused)) as answers:
+            await self._publish(env)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                got = await _next_answer(answers, deadline)
+                if got is not None:
+                    refused = isinstance(got.payload, PayoutRefused)
+                    return PayoutOutcome(env.id, vendor, micro, not refused,
+                                         available_micro_eur=got.payload.available_micro_eur if refused else None)
+                # the same reference again posts nothing and says nothing: the statement shows it paid
+                paid = await self.statement(vendor)
+                if any(p["reference"] == reference for p in paid.get("payouts") or []):
+                    return PayoutOutcome(env.id, vendor, micro, True, already=True)
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"settlement did not answer the payout {reference!r} of {vendor} within "
+                                       f"{timeout_s:g}s (the request is stored and will be answered when settlement "
+                                       f"runs): {NOT_RUNNING}")
 
     # -- operator: disputes ---------------------------------------------------------------------------
 
@@ -558,8 +599,8 @@ class Exchange:
         except JsNotFoundError:
             return []
         out: list[dict[str, Any]] = []
-        seq = info.state.last_seq
-        while seq >= info.state.first_seq and len(out) < limit:
+        seq = info.state.last_seq if info.state.messages else 0
+        while seq >= max(1, info.state.first_seq) and len(out) < limit:
             letter = await self.dead_letter(seq)
             if letter is not None:
                 out.append(letter)
@@ -567,7 +608,9 @@ class Exchange:
         return out[::-1]
 
     async def dead_letter(self, seq: int) -> dict[str, Any] | None:
-        """One dead letter by its sequence in the DLQ stream, with the original message's body."""
+        """One dead letter by its sequence in the DLQ stream (from 1), with the original message's body."""
+        if seq < 1:
+            return None
         try:
             msg = await self.js.get_msg(DLQ_STREAM, seq)
         except JsNotFoundError:
@@ -585,7 +628,12 @@ class Exchange:
 
         The consumer sees it as new delivery; its inbox still keeps an event applied only once.
         """
-        msg = await self.js.get_msg(DLQ_STREAM, seq)
+        try:
+            msg = await self.js.get_msg(DLQ_STREAM, seq) if seq >= 1 else None
+        except JsNotFoundError:
+            msg = None
+        if msg is None:
+            raise ExchangeError(f"no dead letter {seq} (smctl ops dlq list shows them)")
         h = msg.headers or {}
         subject = h.get("Strongmoose-Subject")
         if not subject:

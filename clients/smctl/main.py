@@ -33,7 +33,7 @@ from clients.sdk.client import (
 from clients.smctl import money, render
 from clients.smctl import stack as stack_mod
 from clients.smctl.render import Output, eur
-from libs.common.manifest import euro_to_micro
+from libs.common.manifest import euro_to_micro, is_dns_label
 
 T = TypeVar("T")
 
@@ -226,9 +226,16 @@ def logs(
 # -- jobs ------------------------------------------------------------------------------------------
 
 
+# a job that ended without running keeps its name: applying it again changes nothing
+ENDED_UNRUN = ("refused", "expired", "cancelled")
+
+
 def print_outcome(outcome: Outcome) -> None:
     who = escape(f"{outcome.tenant or '?'}/{outcome.name or '?'}")
-    if outcome.resubmitted:
+    if outcome.resubmitted and outcome.status in ENDED_UNRUN:
+        console.print(f"job [bold]{who}[/] [red]not run again[/]: it ended {escape(str(outcome.status))} and a job's "
+                      "name is used once; apply it under a new metadata.name")
+    elif outcome.resubmitted:
         console.print(f"job [bold]{who}[/] unchanged: it exists already (status {escape(str(outcome.status))})")
     elif outcome.accepted:
         extra = f" (status {outcome.status})" if outcome.status not in (None, "accepted") else ""
@@ -256,7 +263,8 @@ def apply(
                 result = await ex.apply(doc, wait=wait, timeout_s=APPLY_TIMEOUT_S)
                 if isinstance(result, Outcome):
                     print_outcome(result)
-                    all_ok = all_ok and result.accepted
+                    all_ok = all_ok and result.accepted and not (result.resubmitted
+                                                                 and result.status in ENDED_UNRUN)
                 else:
                     md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
                     who = f"{md.get('namespace') or '?'}/{md.get('name') or '?'}"
@@ -539,13 +547,22 @@ def dlq_redrive(ctx: typer.Context, seqs: Annotated[Optional[list[int]], typer.A
     if not seqs and not all_:
         raise CliError("name the dead letters to redrive (see `smctl ops dlq list`), or --all")
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> list[str]:
         async with await connect(ctx) as ex:
             todo = [d["seq"] for d in await ex.dead_letters(10_000)] if all_ else list(seqs or [])
-            return [await ex.redrive(s) for s in todo]
+            missing = []
+            for seq in todo:  # each as it goes: one missing letter does not hide the ones redriven
+                try:
+                    r = await ex.redrive(seq)
+                except ExchangeError:
+                    missing.append(seq)
+                    continue
+                console.print(f"redrove {r['seq']} to {r['subject']} ({r['stream']} seq {r['new_seq']})")
+            return missing
 
-    for r in run(go()):
-        console.print(f"redrove {r['seq']} to {r['subject']} ({r['stream']} seq {r['new_seq']})")
+    missing = run(go())
+    if missing:
+        raise CliError(f"no dead letter {', '.join(map(str, missing))} (smctl ops dlq list shows them)")
 
 
 @wallet_app.command("deposit")
@@ -563,8 +580,13 @@ def wallet_deposit(ctx: typer.Context, tenant: str,
     async def go() -> Any:
         async with await connect(ctx) as ex:
             before = await ex.wallet(tenant)
-            if reference and any(d["reference"] == reference for d in before["deposits"]):
-                raise CliError(f"reference: {reference!r} was deposited already; a payment is booked once")
+            booked = [d for d in before["deposits"] if reference and d["reference"] == reference]
+            if booked and booked[0]["amount"] == euro_to_micro(amount):
+                console.print(f"reference {reference!r} was deposited already; booked once, nothing changed")
+                return before
+            if booked:
+                raise CliError(f"reference: {reference!r} was deposited already with {eur(booked[0]['amount'])} EUR; "
+                               "a payment reference books one amount once")
             await ex.deposit(tenant, amount, reference)
             deadline = asyncio.get_running_loop().time() + 20
             while asyncio.get_running_loop().time() < deadline:
@@ -578,7 +600,7 @@ def wallet_deposit(ctx: typer.Context, tenant: str,
     if after is None:
         raise CliError(f"the deposit was sent but not booked within 20 s (same reference again?); "
                        f"see `smctl wallet show {tenant}`")
-    console.print(f"deposited; wallet {tenant}: {eur(after['balance_micro_eur'])} EUR available, "
+    console.print(f"wallet {tenant}: {eur(after['balance_micro_eur'])} EUR available, "
                   f"{eur(after['held_micro_eur'])} EUR held for running jobs")
 
 
@@ -586,6 +608,8 @@ def wallet_deposit(ctx: typer.Context, tenant: str,
 @cli_errors
 def wallet_show(ctx: typer.Context, tenant: str, output: OutputOpt = Output.table) -> None:
     """A tenant's balance, what is held for its jobs, and its deposits."""
+    if not is_dns_label(tenant):
+        raise CliError(f"tenant: {tenant!r} is not a DNS-1123 label")
 
     async def go() -> Any:
         async with await connect(ctx) as ex:
@@ -796,24 +820,19 @@ def vendor_payout(ctx: typer.Context, vendor: str,
     except ValueError as e:
         raise CliError(f"amount: {e}") from None
 
-    async def go() -> Any:
+    async def go() -> tuple[Any, dict[str, Any]]:
         async with await connect(ctx) as ex:
             before = await ex.statement(vendor)
             if any(p["reference"] == reference for p in before["payouts"]):
                 raise CliError(f"reference: {reference!r} was paid out already; a payout is booked once")
-            await ex.payout(vendor, amount, reference)
-            deadline = asyncio.get_running_loop().time() + 20
-            while asyncio.get_running_loop().time() < deadline:
-                after = await ex.statement(vendor)
-                if any(p["reference"] == reference for p in after["payouts"]):
-                    return after
-                await asyncio.sleep(0.2)
-            return None
+            outcome = await ex.payout(vendor, amount, reference, wait=True)
+            return outcome, await ex.statement(vendor)
 
-    after = run(go())
-    if after is None:
-        raise CliError(f"the payout was not booked within 20 s: more than the payable? "
-                       f"see `smctl vendor statement {vendor}`")
+    outcome, after = run(go())
+    if not outcome.paid:
+        raise CliError(f"amount: {amount} EUR is more than the payable of {vendor}, "
+                       f"{eur(outcome.available_micro_eur or 0)} EUR; nothing was paid out "
+                       f"(smctl vendor statement {vendor} shows what it earned)")
     console.print(f"paid out {amount} EUR; {vendor} payable now {eur(after['payable_micro_eur'])} EUR")
 
 

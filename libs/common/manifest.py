@@ -168,6 +168,9 @@ def parse_duration_s(v: Any) -> int:
     return seconds
 
 
+_PLAIN_NUMBER = re.compile(r"-?[0-9]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def euro_to_micro(v: Any) -> int:
     """EUR (at most 6 decimals) to integer micro-euros; floats go through their shortest repr."""
     if isinstance(v, bool):
@@ -178,6 +181,8 @@ def euro_to_micro(v: Any) -> int:
         raise ValueError("must be a number of euros") from None
     if not d.is_finite():
         raise ValueError("must be a finite number of euros")
+    if isinstance(v, str) and not _PLAIN_NUMBER.fullmatch(v):  # Decimal also takes "1_000", " 5", "٣"
+        raise ValueError("must be a plain number of euros in ASCII digits, e.g. 12.50")
     if d <= 0:
         raise ValueError("must be greater than 0")
     if d > 1_000_000:  # checked before any arithmetic: an absurd exponent must not overflow

@@ -29,6 +29,17 @@ async def smctl(infra: Infra, *args: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode()
 
 
+async def test_an_empty_dead_letter_stream_lists_nothing_and_a_missing_letter_is_named(exchange: Exchange,
+                                                                                      infra: Infra) -> None:
+    code, out = await smctl(infra, "ops", "dlq", "list", "-o", "json")
+    assert code == 0 and json.loads(out) == [], out
+    for seq in ("0", "999"):
+        code, out = await smctl(infra, "ops", "dlq", "show", seq)
+        assert code == 1 and f"no dead letter {seq}" in out, out
+        code, out = await smctl(infra, "ops", "dlq", "redrive", seq)
+        assert code == 1 and f"no dead letter {seq}" in out and "unexpected" not in out, out
+
+
 async def test_a_poison_message_is_listed_with_its_consumer_and_reason(exchange: Exchange, infra: Infra) -> None:
     await exchange.js.publish("sdk.job.submitted.t-xyz", b"{not json", headers={"Nats-Msg-Id": "poison"})
 
@@ -54,8 +65,9 @@ async def test_a_redriven_dead_letter_is_applied_and_leaves_the_dead_letter_stre
         headers={"Strongmoose-Consumer": "intake-job-submitted", "Strongmoose-Error": "ConnectionError: gone",
                  "Strongmoose-Subject": "sdk.job.submitted.t-xyz", "Strongmoose-Stream": "SDK",
                  "Strongmoose-Stream-Seq": "1"})
-    code, out = await smctl(infra, "ops", "dlq", "redrive", str(ack.seq))
-    assert code == 0 and f"redrove {ack.seq} to sdk.job.submitted.t-xyz" in out, out
+    code, out = await smctl(infra, "ops", "dlq", "redrive", str(ack.seq), str(ack.seq))  # the second is gone
+    assert code == 1 and f"redrove {ack.seq} to sdk.job.submitted.t-xyz" in out, out
+    assert f"no dead letter {ack.seq}" in out, out
     job = await exchange.wait_status("xyz", "my-first-sparkjob", "accepted", "waiting")
     assert job["timeline"][0]["type"] == "JobAccepted"
     code, out = await smctl(infra, "ops", "dlq", "list", "-o", "json")

@@ -62,7 +62,9 @@ async def test_a_vendor_sees_its_statement_is_paid_out_once_and_never_beyond_its
     code, out = await smctl(infra, "vendor", "payout", "elastx", "0.03", "--reference", "po-1")
     assert code == 1 and "reference: 'po-1' was paid out already" in out, out
     code, out = await smctl(infra, "vendor", "payout", "elastx", "0.01", "--reference", "po-2")
-    assert code == 1 and "not booked" in out, out  # 0.01 > 0.008 payable: refused
+    assert code == 1 and "amount: 0.01 EUR is more than the payable of elastx, 0.008000 EUR" in out, out
+    code, out = await smctl(infra, "vendor", "payout", "nobody", "0.01", "--reference", "po-2")
+    assert code == 1 and "more than the payable of nobody, 0.000000 EUR" in out, out
     code, out = await smctl(infra, "vendor", "payout", "elastx", "--reference", "po-3", "--", "-1")
     assert code == 1 and "amount: must be greater than 0" in out, out
     assert (await exchange.query("settlement", "ledger_check"))["ok"]

@@ -18,11 +18,17 @@ pytestmark = pytest.mark.integration
 async def test_a_deposit_credits_the_wallet_once_per_reference_and_the_ledger_balances(
         exchange: Exchange, infra: Infra) -> None:
     code, out = await smctl(infra, "wallet", "deposit", "abc", "100", "--reference", "pay-1")
-    assert code == 0 and "deposited; wallet abc: 100.000000 EUR available" in out, out
+    assert code == 0 and "wallet abc: 100.000000 EUR available" in out, out
     code, out = await smctl(infra, "wallet", "deposit", "abc", "12.5", "--reference", "pay-2")
     assert code == 0 and "112.500000 EUR available" in out, out
-    code, out = await smctl(infra, "wallet", "deposit", "abc", "100", "--reference", "pay-1")  # the same payment
-    assert code == 1 and "reference: 'pay-1' was deposited already" in out, out
+    code, out = await smctl(infra, "wallet", "deposit", "abc", "100", "--reference", "pay-1")  # a retried payment
+    assert code == 0 and "'pay-1' was deposited already; booked once, nothing changed" in out, out
+    code, out = await smctl(infra, "wallet", "deposit", "abc", "20", "--reference", "pay-1")  # another amount
+    assert code == 1 and "reference: 'pay-1' was deposited already with 100.000000 EUR" in out, out
+    code, out = await smctl(infra, "wallet", "deposit", "abc", "5", "--reference", "r" * 201)
+    assert code == 1 and "reference: must be 1 to 200 characters" in out, out
+    code, out = await smctl(infra, "wallet", "show", "a.b")
+    assert code == 1 and "tenant: 'a.b' is not a DNS-1123 label" in out, out
     await exchange.quiet()
     wallet = await exchange.query("settlement", "wallet", tenant="abc")
     assert (wallet["balance_micro_eur"], wallet["deposited_micro_eur"]) == (112_500_000, 112_500_000)
@@ -32,7 +38,10 @@ async def test_a_deposit_credits_the_wallet_once_per_reference_and_the_ledger_ba
 @pytest.mark.parametrize(("amount", "reason"), [
     ("-5", "amount: must be greater than 0"), ("0", "amount: must be greater than 0"),
     ("NaN", "amount: must be a finite number"), ("1.0000001", "amount: has more than 6 decimals"),
-    ("2e6", "amount: is larger than 1,000,000 EUR"), ("lots", "amount: must be a number of euros")])
+    ("2e6", "amount: is larger than 1,000,000 EUR"), ("lots", "amount: must be a number of euros"),
+    ("1_000", "amount: must be a plain number of euros in ASCII digits"),
+    ("\u0663", "amount: must be a plain number of euros in ASCII digits"),  # an Arabic-Indic three
+    ("+5", "amount: must be a plain number of euros in ASCII digits")])
 async def test_a_bad_deposit_amount_is_refused_naming_the_field(infra: Infra, amount: str, reason: str) -> None:
     code, out = await smctl(infra, "wallet", "deposit", "abc", "--", amount)  # `--`: "-5" is no option
     assert code == 1 and reason in out, out
