@@ -449,8 +449,9 @@ def invoice(
     inv = run(go())
     if _report(inv, output, inv.get("lines") or []):
         return
-    if not inv.get("lines"):
-        raise CliError(f"nothing was charged to tenant {tenant} in {money.period_text(start, end)}")
+    if not inv.get("lines"):  # not an error: an empty period, as in JSON or CSV
+        console.print(f"nothing was charged to tenant {tenant} {money.period_text(start, end)}")
+        return
     fee = f", exchange fee {Decimal(inv['fee_bps']) / 100}%" if inv.get("fee_bps") is not None else ""
     console.print(money.lines_table(f"invoice for tenant {tenant}, {money.period_text(start, end)}{fee}",
                                     inv["lines"], who="vendor"))
@@ -718,6 +719,9 @@ def ops_replay(
         return
     for line in ops.report_lines(result.report):
         console.print(line, soft_wrap=True)
+    if result.report.events == 0 and (seq is not None or since is not None):
+        console.print(Text("no event at or after that point: the start is past the end of the input streams",
+                           style="yellow"), soft_wrap=True)
     if result.live_digest is None:
         console.print(ops.digest_table(result.replay_digest))
         console.print(*ops.digest_lines(result.replay_digest), sep="\n", soft_wrap=True)
@@ -887,7 +891,9 @@ def dispute_resolve(ctx: typer.Context, job: Annotated[str, typer.Argument(help=
     d = run(go())
     if d is None:
         raise CliError("the decision was sent but not booked within 20 s; see `smctl ops dispute list`")
-    console.print(f"dispute of {tenant}/{job} decided: {eur(d['held_micro_eur'])} EUR paid to the {d['status']}")
+    refunded = d.get("fee_refunded_micro_eur")
+    fee = f" and the fee charged on it, {eur(refunded)} EUR," if refunded else ""
+    console.print(f"dispute of {tenant}/{job} decided: {eur(d['held_micro_eur'])} EUR{fee} paid to the {d['status']}")
 
 
 if __name__ == "__main__":

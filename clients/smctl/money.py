@@ -29,7 +29,7 @@ class PeriodError(ValueError):
 
 def parse_when(value: str | None, option: str) -> datetime | None:
     """`2026-12-01` (that day, 00:00 UTC) or an ISO 8601 time WITH a time zone; anything else is refused."""
-    if value is None or value == "":
+    if value is None:
         return None
     try:
         if len(value) == 10:
@@ -43,10 +43,11 @@ def parse_when(value: str | None, option: str) -> datetime | None:
 
 
 def period_text(since: datetime | None, until: datetime | None) -> str:
+    """"all time", or "from A to B" with "the start" and "now" for an open end."""
     if since is None and until is None:
         return "all time"
     start = short_time(since.isoformat()) if since else "the start"
-    return f"{start} to {short_time(until.isoformat()) if until else 'now'}"
+    return f"from {start} to {short_time(until.isoformat()) if until else 'now'}"
 
 
 def _micro_eur(v: Any) -> str:

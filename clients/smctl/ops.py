@@ -54,14 +54,16 @@ def parse_from_seq(values: list[str]) -> int | dict[str, int] | None:
 
 
 def parse_from_time(value: str | None) -> datetime | None:
-    """An ISO 8601 time; one without a zone is UTC."""
+    """An ISO 8601 time with its time zone (as everywhere else a time enters the exchange)."""
     if value is None:
         return None
     try:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise OpsError(f"--from-time {value!r}: not an ISO 8601 time (e.g. 2025-03-25T08:00:00Z)") from None
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise OpsError(f"--from-time {value!r}: has no time zone (add Z or +01:00)")
+    return t
 
 
 def database_url(given: str | None, state_dir: Path) -> str:

@@ -73,10 +73,12 @@ MATCHING_WORKLOAD_FAILED = _c("matching-workload-failed", "PLACEMENT", s.WORKLOA
 MATCHING_FUNDS_INSUFFICIENT = _c("matching-funds-insufficient", "SETTLEMENT", s.INSUFFICIENT_FUNDS_ANY)
 MATCHING_JOB_CANCELLED = _c("matching-job-cancelled", "INTAKE", s.JOB_CANCELLED_ANY)
 MATCHING_WORKLOAD_CANCELLED = _c("matching-workload-cancelled", "PLACEMENT", s.WORKLOAD_CANCELLED_ANY)
+MATCHING_PLACEMENT_FAILED = _c("matching-placement-failed", "PLACEMENT", s.PLACEMENT_FAILED_ANY)
 
 PLACEMENT_FUNDS_HELD = _c("placement-funds-held", "SETTLEMENT", s.FUNDS_HELD_ANY)  # placed once paid for
 PLACEMENT_WORKLOAD_REPORTED = _c("placement-workload-reported", "AGENT", s.WORKLOAD_REPORTED_ANY)
 PLACEMENT_JOB_CANCELLED = _c("placement-job-cancelled", "INTAKE", s.JOB_CANCELLED_ANY)
+PLACEMENT_OFFER_LOST = _c("placement-offer-lost", "MATCHING", s.OFFER_LOST_ANY)
 
 METERING_WORKLOAD_STARTED = _c("metering-workload-started", "PLACEMENT", s.WORKLOAD_STARTED_ANY)
 METERING_WORKLOAD_FINISHED = _c("metering-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
@@ -91,6 +93,8 @@ SETTLEMENT_DEPOSIT = _c("settlement-wallet-deposit", "SDK", s.DEPOSIT_REQUESTED_
 SETTLEMENT_WORKLOAD_CANCELLED = _c("settlement-workload-cancelled", "PLACEMENT", s.WORKLOAD_CANCELLED_ANY)
 SETTLEMENT_PAYOUT = _c("settlement-vendor-payout", "SDK", s.PAYOUT_REQUESTED_ANY)
 SETTLEMENT_DISPUTE_RESOLUTION = _c("settlement-dispute-resolve", "SDK", s.DISPUTE_RESOLUTION_ANY)
+SETTLEMENT_PLACEMENT_FAILED = _c("settlement-placement-failed", "PLACEMENT", s.PLACEMENT_FAILED_ANY)
+SETTLEMENT_JOB_EXPIRED = _c("settlement-job-expired", "MATCHING", s.JOB_EXPIRED_ANY)
 
 
 def agent_assignments(vendor: str) -> ConsumerSpec:

@@ -9,9 +9,10 @@ from libs.common.envelope import Envelope
 from libs.common.events import subject_prefix
 from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported
 from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
-from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
+from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable, OfferLost
 from libs.common.events.metering import MeterClosed, MeterProgressed
 from libs.common.events.placement import (
+    PlacementFailed,
     WorkloadAssigned,
     WorkloadCancelled,
     WorkloadCancelRequested,
@@ -72,6 +73,9 @@ FUNDS_HELD_ANY = any_party(FundsHeld)
 INSUFFICIENT_FUNDS_ANY = any_party(InsufficientFunds)
 CHARGE_POSTED_ANY = any_party(ChargePosted)
 HOLD_RELEASED_ANY = any_party(HoldReleased)
+# life after the match: a node whose heartbeats stopped, a workload that never started
+OFFER_LOST_ANY = any_party(OfferLost)
+PLACEMENT_FAILED_ANY = any_party(PlacementFailed)
 
 
 def workload_assigned_to(vendor: str) -> str:

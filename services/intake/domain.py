@@ -11,6 +11,7 @@ from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefuse
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable
 from libs.common.events.metering import MeterClosed
 from libs.common.events.placement import (
+    PlacementFailed,
     WorkloadAssigned,
     WorkloadCancelled,
     WorkloadCancelRequested,
@@ -95,7 +96,8 @@ def describe(env: Envelope[Any]) -> str:
         why = "; ".join(f"{m.constraint} excluded {m.excluded}: {m.detail}" for m in p.reasons)
         return f"no offer fits yet ({p.offers_considered} offers): {why}"
     if isinstance(p, JobMatched):
-        return (f"matched to {p.vendor}/{p.node} in {p.region} at {eur(p.price_micro_eur_per_dtu_hour)}/DTU-h, "
+        again = f"matched again (attempt {p.attempt})" if p.attempt > 1 else "matched"
+        return (f"{again} to {p.vendor}/{p.node} in {p.region} at {eur(p.price_micro_eur_per_dtu_hour)}/DTU-h, "
                 f"booked {p.start_at.isoformat()} to {p.end_at.isoformat()}")
     if isinstance(p, JobExpired):
         return f"expired: {p.reason}"
@@ -119,6 +121,9 @@ def describe(env: Envelope[Any]) -> str:
         return f"finished with exit code {p.exit_code}"
     if isinstance(p, WorkloadFailed):
         return f"failed: {p.reason}"
+    if isinstance(p, PlacementFailed):
+        return (f"not started on {p.vendor}/{p.node} (attempt {p.attempt}): {p.reason}; nothing ran, nothing is "
+                "charged; it is booked again on another node")
     if isinstance(p, MeterClosed):
         return (f"metered: {Decimal(p.dtu_micro_hours) / 1_000_000:.6f} DTU-h "
                 f"(cpu {p.cpu_us / 1e6:.3f} s, peak {p.rss_peak_bytes // 2**20} MiB, {p.samples} samples)")
@@ -145,5 +150,6 @@ def describe(env: Envelope[Any]) -> str:
         return (f"disputed: {p.vendor} claimed {Decimal(p.claimed_dtu_micro_hours) / 1_000_000:.6f} DTU-h, "
                 f"metering measured {witness}; {eur(p.held_micro_eur)} of its pay held until an operator decides")
     if isinstance(p, DisputeResolved):
-        return f"dispute decided: {eur(p.amount_micro_eur)} paid to the {p.paid_to}"
+        fee = f" and its fee {eur(p.fee_refunded_micro_eur)}" if p.fee_refunded_micro_eur else ""
+        return f"dispute decided: {eur(p.amount_micro_eur)}{fee} paid to the {p.paid_to}"
     return env.type

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
 from pathlib import Path
 
 from libs.common import streams
@@ -11,20 +13,27 @@ from services.matching.settings import MatchingSettings
 
 
 def create_service(settings: MatchingSettings) -> Service:
+    rules = settings.policy()
+    subscriptions = [
+        Subscription(streams.MATCHING_OFFER_PUBLISHED,
+                     functools.partial(service.publish_offers, ttl_s=settings.matching_offer_ttl_s, rules=rules),
+                     time_from_stream=True),
+        Subscription(streams.MATCHING_JOB_ACCEPTED, functools.partial(service.accept_jobs, rules=rules)),
+        Subscription(streams.MATCHING_WORKLOAD_FINISHED, functools.partial(service.release_capacity, rules=rules)),
+        Subscription(streams.MATCHING_WORKLOAD_FAILED, functools.partial(service.release_capacity, rules=rules)),
+        Subscription(streams.MATCHING_FUNDS_INSUFFICIENT, functools.partial(service.release_capacity, rules=rules)),
+        Subscription(streams.MATCHING_JOB_CANCELLED, service.cancel_jobs),
+        Subscription(streams.MATCHING_WORKLOAD_CANCELLED, functools.partial(service.release_capacity, rules=rules)),
+        Subscription(streams.MATCHING_PLACEMENT_FAILED, functools.partial(service.rebook_jobs, rules=rules)),
+    ]
     return Service(
         name="matching",
         schema=settings.matching_schema,
         migrations=Path(__file__).parent / "migrations",
         digest=store.DIGEST,
-        subscriptions=[
-            Subscription(streams.MATCHING_OFFER_PUBLISHED, service.publish_offers, time_from_stream=True),
-            Subscription(streams.MATCHING_JOB_ACCEPTED, service.accept_jobs),
-            Subscription(streams.MATCHING_WORKLOAD_FINISHED, service.release_capacity),
-            Subscription(streams.MATCHING_WORKLOAD_FAILED, service.release_capacity),
-            Subscription(streams.MATCHING_FUNDS_INSUFFICIENT, service.release_capacity),
-            Subscription(streams.MATCHING_JOB_CANCELLED, service.cancel_jobs),
-            Subscription(streams.MATCHING_WORKLOAD_CANCELLED, service.release_capacity),
-        ],
+        # an instance owning some markets consumes on durable consumers of its own (policy: scale-out)
+        subscriptions=[replace(s, consumer=replace(s.consumer, durable=s.consumer.durable + rules.suffix))
+                       for s in subscriptions],
         queries={"offers": lambda con, req: store.list_offers(con, req.get("vendor"), req.get("region")),
                  "vendors": lambda con, req: store.list_vendors(con),
                  "explain": service.explain_job},

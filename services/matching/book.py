@@ -12,7 +12,7 @@ of free capacity per hour (`domain.Timeline`). A decision:
    bucket's lowest GPU price); buckets are opened in the order of their own lowest cost;
 3. stops as soon as that bound exceeds the best run found (or the job's price cap): nothing left can be
    cheaper. Ties are still examined, so the winner is exactly the one `domain.best_match` picks by
-   scanning every offer (ties: earlier start, vendor, node, offer id).
+   scanning every offer (ties: earlier start, the vendor's reliability, vendor, node, offer id).
 
 The explanation of a job that fits nowhere counts whole buckets for region, vendor and resources, and
 only looks at single offers for price and availability.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import islice
@@ -33,7 +33,19 @@ from uuid import UUID
 
 from libs.common.events.matching import ConstraintMiss
 from libs.common.manifest import JobRequest
-from services.matching.domain import _HOUR_US, _NEVER, CONSTRAINTS, Entry, Match, Need, Offer, explain, to_us
+from services.matching.domain import (
+    _HOUR_US,
+    _NEVER,
+    CONSTRAINTS,
+    NO_RECORD,
+    Entry,
+    Match,
+    Need,
+    Offer,
+    Rank,
+    explain,
+    to_us,
+)
 
 _INF = float("inf")
 _PER_BUCKET = 4  # offers per bucket tried for the availability explanation's earliest possible end
@@ -171,7 +183,8 @@ class Booking:
 class OrderBook:
     """Offers with their free capacity over time, and the bookings on them."""
 
-    def __init__(self, offers: Iterable[Offer] = ()):
+    def __init__(self, offers: Iterable[Offer] = (), reliability: Mapping[str, int] | None = None):
+        self._reliability = dict(reliability or {})  # vendor -> reliability (ppm), see domain.reliability
         self._entries: dict[UUID, Entry] = {}
         self._buckets: dict[tuple[object, ...], _Bucket] = {}
         self._bookings: dict[UUID, Booking] = {}
@@ -217,7 +230,7 @@ class OrderBook:
         old = self._entries.pop(offer.offer_id, None)
         if old is not None:
             self._bucket_of(old).remove(old)
-        e = Entry(offer)
+        e = Entry(offer, self._reliability.get(offer.vendor, NO_RECORD))
         self._entries[offer.offer_id] = e
         key = self._key(e)
         b = self._buckets.get(key)
@@ -290,19 +303,19 @@ class OrderBook:
         n = Need(req, now)
         return [e.match(n, run) for _, e, run in self._top(n, k)]
 
-    def _best(self, n: Need) -> tuple[tuple[int, int, str, str, str], Entry, tuple[int, int, int, int]] | None:
+    def _best(self, n: Need) -> tuple[Rank, Entry, tuple[int, int, int, int]] | None:
         found = self._top(n, 1)
         return found[0] if found else None
 
-    def _top(self, n: Need, want: int) -> list[tuple[tuple[int, int, str, str, str], Entry, tuple[int, int, int, int]]]:
+    def _top(self, n: Need, want: int) -> list[tuple[Rank, Entry, tuple[int, int, int, int]]]:
         cands, floor_gp = self._candidate_buckets(n)  # sorted by their lowest price
         rate, cap, gcap = n.rate_num, n.cap, n.gpu_cap
         gw = n.gpu * n.rate_den  # the weight of the GPU price in a cost (0 without GPUs)
         weak_gp = floor_gp if gw else 0
         over_budget = (n.budget * n.rate_den * _HOUR_US) if n.budget is not None else None
         dur, last_start = n.dur, n.deadline - n.dur
-        found: list[tuple[tuple[int, int, str, str, str], Entry, tuple[int, int, int, int]]] = []  # best first
-        best: tuple[tuple[int, int, str, str, str], Entry, tuple[int, int, int, int]] | None = None  # the want-th
+        found: list[tuple[Rank, Entry, tuple[int, int, int, int]]] = []  # best first
+        best: tuple[Rank, Entry, tuple[int, int, int, int]] | None = None  # the want-th
         best_cost: float = _INF  # once `want` runs are found: what a run must not exceed to be among them
         heap: list[tuple[int, int, int]] = []  # (bound, bucket index, position)
         windows: dict[int, tuple[int, int]] = {}  # per opened bucket with hourly prices: its stretches in reach
@@ -370,7 +383,7 @@ class OrderBook:
     def scan(self, req: JobRequest, now: datetime) -> Match | None:
         """The naive matcher: every offer is checked (the benchmark's baseline; same rules, same winner)."""
         n = Need(req, now)
-        best: tuple[tuple[int, int, str, str, str], Entry, tuple[int, int, int, int]] | None = None
+        best: tuple[Rank, Entry, tuple[int, int, int, int]] | None = None
         for e in self._entries.values():
             if e.miss(n) is not None:
                 continue

@@ -20,6 +20,9 @@ relative gap 0):
   reaches its time limit keeps the best assignment found and says so (`Cleared.proven`). A job left
   unfilled waits for the next round (or expires there).
 
+The matching service clears the markets named in `MATCHING_PERIODIC_MARKETS` this way, a round per
+interval (`services.matching.policy`); the benchmark compares it with continuous matching.
+
 The solution is booked run by run, each checked against the book in integers first, so a rounding in
 the solver can never book capacity twice (such a job would wait for the next round).
 

@@ -8,7 +8,8 @@ overlap, so a node can hold one job now and another tomorrow.
 A job fits an offer when every constraint holds and its expected run fits inside the offer's timeline
 before `notAfter`: every stretch it runs in has enough free capacity and a price within the job's caps.
 On one offer a job takes the earliest such run (a job may be booked into a later window); among offers
-it takes the cheapest (or, with preference `soonest`, the earliest) run. It pays the run's time-weighted
+it takes the cheapest (or, with preference `soonest`, the earliest) run, then the run of the more reliable
+vendor, then the deterministic tie-break (vendor, node, offer id). It pays the run's time-weighted
 mean price per DTU-hour (and per GPU-hour), rounded up to the micro-euro: never above its cap, since every
 stretch it runs in is within the cap.
 
@@ -16,13 +17,22 @@ The hot path works in integers (micro-vCPU, bytes, microseconds since the epoch,
 request is rounded up and an offer's capacity down, so a fit in integers is a fit in exact terms.
 `services.matching.book` indexes offers so that a decision touches only the few candidates that can win;
 `best_match` here scans every offer with the same rules (the reference and the benchmark's baseline).
+
+Vendor reliability (`reliability`) is the vendor's Laplace-smoothed success ratio, (completed + 1) /
+(completed + failed + 2), in parts per million: a vendor with no record scores 1/2, one success more than
+failures lifts it above an unknown vendor, and a handful of outcomes moves it little. Completed: its
+workloads that finished (or that ran and failed by their own exit code); failed: those that never started
+(PlacementFailed: given up, node lost) or ended without an exit code (lost or killed on the vendor's side).
+It only orders runs equal by the preference: it never makes a job pay more or start later.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 from bisect import bisect_left, bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -38,6 +48,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 _HOUR_US = 3600 * 10**6
 _NEVER = 2**62  # the price of a gap in a calendar: above every cap
+
+
+NO_RECORD = 500_000  # the reliability of a vendor without a record: 1/2
+
+
+def reliability(completed: int, failed: int) -> int:
+    """A vendor's reliability in parts per million: its Laplace-smoothed success ratio."""
+    return (completed + 1) * 10**6 // (completed + failed + 2)
 
 
 def to_us(t: datetime) -> int:
@@ -100,6 +118,43 @@ def status_on_cancel(status: str) -> str | None:
     expired, refused or cancelled job holds nothing any more.
     """
     return "cancelled" if status == "waiting" else None
+
+
+def status_on_placement_failed(status: str, attempt: int, failed_attempt: int) -> str | None:
+    """A pending job's status once its attempt `failed_attempt` ended before it started, or None when that
+    changes nothing.
+
+    The job's current attempt goes back to `waiting`, to be booked again without the node that failed it:
+    nothing ran, so nothing was spent. A repeated or stale report (another attempt), or a job that has ended
+    meanwhile (cancelled, expired, refused), stays as it is.
+    """
+    return "waiting" if status == "matched" and attempt == failed_attempt else None
+
+
+def lost_offers(live: dict[UUID, datetime], heartbeats: list[tuple[UUID, datetime]],
+                ttl: timedelta) -> tuple[list[tuple[UUID, datetime]], dict[UUID, datetime]]:
+    """Which offers were lost while these heartbeats (re-publications, in stream order) came in.
+
+    `live`: offers in the book and when each was last published. An offer is lost when a heartbeat of any
+    offer comes more than `ttl` after its own last one: every vendor's heartbeat is the market's clock, and
+    only the offers stream decides it, so a replay loses the same offers at the same times. Returns the
+    losses (offer, last published; it was lost at that + ttl) in the order they happened, and `live` after
+    the heartbeats (a lost offer that is published again is back).
+    """
+    live = dict(live)
+    due = [(at, oid) for oid, at in live.items()]
+    heapq.heapify(due)
+    losses: list[tuple[UUID, datetime]] = []
+    for oid, t in heartbeats:
+        while due and due[0][0] + ttl < t:
+            at, lost = heapq.heappop(due)
+            if live.get(lost) == at:  # not published again since
+                del live[lost]
+                losses.append((lost, at))
+        if live.get(oid) != t:
+            live[oid] = t
+            heapq.heappush(due, (t, oid))
+    return losses, live
 
 
 def region_matches(wanted: str | None, offer: Offer) -> bool:
@@ -448,14 +503,19 @@ class Timeline:
                 del col[k]
 
 
+# how runs are ranked: (cost, start) or (start, cost) by the preference, then -reliability, vendor, node, id
+Rank = tuple[int, int, int, str, str, str]
+
+
 class Entry:
     """One offer as the matcher sees it: its fixed facts in integer form and its timeline."""
 
     __slots__ = ("offer", "tl", "vendor", "node", "oid", "region", "country", "eu", "vc", "mem", "gpu", "model",
-                 "lb_p", "lb_gp", "attributes", "cal")
+                 "lb_p", "lb_gp", "attributes", "cal", "score")
 
-    def __init__(self, offer: Offer):
+    def __init__(self, offer: Offer, score: int = NO_RECORD):
         self.offer = offer
+        self.score = score  # the vendor's reliability (ppm): ranks runs equal by the preference
         self.tl = Timeline(offer)
         self.vendor, self.node, self.oid = offer.vendor, offer.node, str(offer.offer_id)
         self.region, self.country = sys.intern(offer.region.lower()), sys.intern(offer.country.lower())
@@ -477,8 +537,9 @@ class Entry:
             self.cal = (_patterns.setdefault(ts, ts), tuple(self.tl.p), tuple(self.tl.gp))
 
     @property
-    def tie(self) -> tuple[str, str, str]:
-        return self.vendor, self.node, self.oid
+    def tie(self) -> tuple[int, str, str, str]:
+        """What decides between runs equal by the preference: the more reliable vendor, then vendor, node, id."""
+        return -self.score, self.vendor, self.node, self.oid
 
     def region_ok(self, n: Need) -> bool:
         w = n.region
@@ -530,9 +591,11 @@ class Entry:
             return None
         return s, e, p, gp if gp is not None else 0
 
-    def rank(self, n: Need, s: int, p: int, gp: int) -> tuple[int, int, str, str, str]:
+    def rank(self, n: Need, s: int, p: int, gp: int) -> Rank:
         cost = n.cost(p, gp)
-        return (s, cost, self.vendor, self.node, self.oid) if n.soonest else (cost, s, self.vendor, self.node, self.oid)
+        r = -self.score
+        return (s, cost, r, self.vendor, self.node, self.oid) if n.soonest else (cost, s, r, self.vendor, self.node,
+                                                                                  self.oid)
 
     def match(self, n: Need, run: tuple[int, int, int, int]) -> Match:
         s, e, p, gp = run
@@ -550,19 +613,20 @@ def first_miss(req: JobRequest, offer: Offer, now: datetime) -> str | None:
     return Entry(offer).miss(Need(req, now))
 
 
-def best_match(req: JobRequest, offers: list[Offer], now: datetime,
-               by_price: bool = False) -> tuple[Match | None, list[ConstraintMiss]]:
+def best_match(req: JobRequest, offers: list[Offer], now: datetime, by_price: bool = False,
+               reliability: Mapping[str, int] | None = None) -> tuple[Match | None, list[ConstraintMiss]]:
     """The best feasible offer by scanning every one (cheapest run by hourly cost, ties: earlier start,
-    vendor, node, offer id; or earliest start first with preference `soonest`), or why none fits, per
-    constraint.
+    the vendor's `reliability` (ppm; NO_RECORD when absent), vendor, node, offer id; or earliest start first
+    with preference `soonest`), or why none fits, per constraint.
 
     `by_price`: the offers come in ascending DTU price, so for a job without GPUs (whose hourly cost
     follows the DTU price) the scan stops at the first price above the best feasible offer.
     """
     n = Need(req, now)
-    entries = [Entry(o) for o in offers]
+    scores = reliability or {}
+    entries = [Entry(o, scores.get(o.vendor, NO_RECORD)) for o in offers]
     early_exit = by_price and not n.gpu and not n.soonest
-    best: tuple[tuple[int, int, str, str, str], Entry, tuple[int, int, int, int]] | None = None
+    best: tuple[Rank, Entry, tuple[int, int, int, int]] | None = None
     misses: dict[str, list[Entry]] = {c: [] for c in CONSTRAINTS}
     for en in entries:
         if early_exit and best is not None and en.lb_p > best[2][2]:

@@ -1,4 +1,4 @@
-"""SQL for the matching schema only: offers, pending jobs, reservations."""
+"""SQL for the matching schema only: offers, pending jobs, reservations, vendors' records."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +17,7 @@ from libs.common.digest import StateTable
 from libs.common.events.agent import AvailabilityWindow, OfferPublished
 from libs.common.manifest import JobRequest
 from services.matching.book import Booking, OrderBook
-from services.matching.domain import Offer, Slot, region_matches, to_us
+from services.matching.domain import Offer, Slot, region_matches, reliability, to_us
 
 
 async def upsert_offers(tx: asyncpg.Connection, offers: list[tuple[OfferPublished, datetime]]) -> None:
@@ -32,7 +33,7 @@ async def upsert_offers(tx: asyncpg.Connection, offers: list[tuple[OfferPublishe
         "price_micro_eur_per_gpu_hour = EXCLUDED.price_micro_eur_per_gpu_hour, "
         "available_from = EXCLUDED.available_from, available_until = EXCLUDED.available_until, "
         "calendar = EXCLUDED.calendar, attributes = EXCLUDED.attributes, "
-        "published_at = EXCLUDED.published_at WHERE offers.published_at <= EXCLUDED.published_at",
+        "published_at = EXCLUDED.published_at, lost_at = NULL WHERE offers.published_at <= EXCLUDED.published_at",
         [(o.offer_id, o.vendor, o.node, o.region, o.country, o.eu, o.vcpu, o.memory_gib, o.gpu_count, o.gpu_model,
           o.arch, o.price_micro_eur_per_dtu_hour, o.available_from, o.available_until, o.illustrative, at,
           o.price_micro_eur_per_gpu_hour,
@@ -87,8 +88,11 @@ async def load_book(tx: asyncpg.Connection, now: datetime, lock: bool = True) ->
     rows = await tx.fetch(
         "SELECT offer_id, vendor, node, region, country, eu, vcpu, memory_gib, gpu_count, gpu_model, "
         "price_micro_eur_per_dtu_hour, price_micro_eur_per_gpu_hour, available_from, available_until, attributes, "
-        f"calendar::text AS calendar FROM offers ORDER BY offer_id{' FOR UPDATE' if lock else ''}")
-    book = OrderBook(_offer(r) for r in rows)
+        "calendar::text AS calendar FROM offers WHERE lost_at IS NULL "  # a lost offer is out of the book
+        f"ORDER BY offer_id{' FOR UPDATE' if lock else ''}")
+    records = await tx.fetch("SELECT vendor, completed, failed FROM vendor_records")
+    book = OrderBook((_offer(r) for r in rows),
+                     {r["vendor"]: reliability(r["completed"], r["failed"]) for r in records})
     held = await tx.fetch(
         "SELECT r.job_id, r.offer_id, r.vcpu, r.memory_gib, r.gpu, r.start_at, r.end_at, p.not_after "
         "FROM reservations r JOIN pending_jobs p USING (job_id) WHERE r.released_at IS NULL")
@@ -105,24 +109,59 @@ async def job_of(con: asyncpg.Connection, tenant: str, name: str) -> dict[str, A
     row = await con.fetchrow(
         "SELECT p.job_id, p.status, p.accepted_at, p.request::text AS request, r.offer_id, r.start_at, r.end_at, "
         "r.released_at FROM pending_jobs p LEFT JOIN reservations r USING (job_id) "
-        "WHERE p.tenant = $1 AND p.name = $2 ORDER BY p.accepted_at DESC LIMIT 1", tenant, name)
+        "WHERE p.tenant = $1 AND p.name = $2 ORDER BY p.accepted_at DESC, r.attempt DESC LIMIT 1", tenant, name)
     if row is None:
         return None
     return dict(row) | {"request": JobRequest.model_validate_json(row["request"])}
 
 
-async def insert_pending(tx: asyncpg.Connection, job_id: UUID, req: JobRequest, at: datetime) -> bool:
+async def insert_pending(tx: asyncpg.Connection, job_id: UUID, req: JobRequest, at: datetime,
+                         status: str = "waiting") -> bool:
     row = await tx.fetchrow(
         "INSERT INTO pending_jobs (job_id, tenant, name, request, accepted_at, not_after, status) "
-        "VALUES ($1, $2, $3, $4::jsonb, $5, $6, 'waiting') ON CONFLICT DO NOTHING RETURNING job_id",
-        job_id, req.tenant, req.name, req.model_dump_json(), at, req.not_after)
+        "VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING job_id",
+        job_id, req.tenant, req.name, req.model_dump_json(), at, req.not_after, status)
     return row is not None
+
+
+async def record_outcomes(tx: asyncpg.Connection, outcomes: list[tuple[str, bool]]) -> None:
+    """Add to vendors' records: (vendor, completed) per placement that ended, True completed, False failed
+    or lost (summed per vendor first: one row each, in a fixed order)."""
+    tally: dict[str, list[int]] = {}
+    for vendor, ok in outcomes:
+        tally.setdefault(vendor, [0, 0])[0 if ok else 1] += 1
+    await tx.executemany(
+        "INSERT INTO vendor_records (vendor, completed, failed) VALUES ($1, $2, $3) ON CONFLICT (vendor) DO UPDATE "
+        "SET completed = vendor_records.completed + EXCLUDED.completed, "
+        "failed = vendor_records.failed + EXCLUDED.failed",
+        [(v, c, f) for v, (c, f) in sorted(tally.items())])
+
+
+async def tenant_usage(tx: asyncpg.Connection, tenants: list[str], now: datetime,
+                       half_life_s: float) -> dict[str, Decimal]:
+    """Each tenant's decayed usage at `now` (policy: fair share): the DTU- plus GPU-hours its reservations
+    held, each in full until its start, then halved every half-life. Exact (numeric), so a replay orders
+    the same; bookings that started more than 30 half-lives ago (under 10^-9 of their weight) are left out."""
+    rows = await tx.fetch(
+        "SELECT p.tenant, sum((greatest(r.vcpu, r.memory_gib / 4) + r.gpu) "
+        "  * greatest(extract(epoch FROM least(r.end_at, coalesce(r.released_at, r.end_at)) - r.start_at), 0) / 3600 "
+        "  * power(2::numeric, -greatest(extract(epoch FROM $2 - r.start_at), 0) / $3)) AS usage "
+        "FROM reservations r JOIN pending_jobs p USING (job_id) "
+        "WHERE p.tenant = ANY($1::text[]) AND r.start_at > $2 - make_interval(secs => ($3 * 30)::float8) "
+        "GROUP BY p.tenant",
+        tenants, now, Decimal(str(half_life_s)))
+    return {r["tenant"]: r["usage"] for r in rows}
 
 
 async def waiting_jobs(tx: asyncpg.Connection) -> list[tuple[UUID, JobRequest]]:
     rows = await tx.fetch("SELECT job_id, request::text AS request FROM pending_jobs WHERE status = 'waiting' "
                           "ORDER BY accepted_at, job_id FOR UPDATE")
     return [(r["job_id"], JobRequest.model_validate_json(r["request"])) for r in rows]
+
+
+async def accepted_times(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, datetime]:
+    rows = await tx.fetch("SELECT job_id, accepted_at FROM pending_jobs WHERE job_id = ANY($1::uuid[])", job_ids)
+    return {r["job_id"]: r["accepted_at"] for r in rows}
 
 
 async def lock_statuses(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, str]:
@@ -136,11 +175,44 @@ async def set_status(tx: asyncpg.Connection, job_id: UUID, status: str) -> None:
 
 
 async def reserve(tx: asyncpg.Connection, job_id: UUID, offer_id: UUID, req: JobRequest,
-                  start_at: datetime, end_at: datetime) -> None:
+                  start_at: datetime, end_at: datetime, attempt: int = 1) -> None:
     await tx.execute(
-        "INSERT INTO reservations (job_id, offer_id, vcpu, memory_gib, gpu, start_at, end_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        job_id, offer_id, req.resources.vcpu, req.resources.memory_gib, req.resources.gpu, start_at, end_at)
+        "INSERT INTO reservations (job_id, offer_id, vcpu, memory_gib, gpu, start_at, end_at, attempt) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        job_id, offer_id, req.resources.vcpu, req.resources.memory_gib, req.resources.gpu, start_at, end_at, attempt)
+
+
+async def retries(tx: asyncpg.Connection) -> dict[UUID, tuple[int, frozenset[UUID]]]:
+    """Waiting jobs that were booked before and never started there: their next attempt and the offers
+    (nodes) they must not be booked on again."""
+    rows = await tx.fetch("SELECT job_id, attempt, excluded_offers FROM pending_jobs "
+                          "WHERE status = 'waiting' AND attempt > 1")
+    return {r["job_id"]: (r["attempt"], frozenset(r["excluded_offers"])) for r in rows}
+
+
+async def lock_attempts(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, tuple[str, int]]:
+    rows = await tx.fetch("SELECT job_id, status, attempt FROM pending_jobs WHERE job_id = ANY($1::uuid[]) "
+                          "ORDER BY job_id FOR UPDATE", job_ids)
+    return {r["job_id"]: (r["status"], r["attempt"]) for r in rows}
+
+
+async def rebook(tx: asyncpg.Connection, job_id: UUID, failed_offer: UUID) -> None:
+    """The job's current attempt never started: it waits for its next one, never on that offer again."""
+    await tx.execute("UPDATE pending_jobs SET status = 'waiting', attempt = attempt + 1, "
+                     "excluded_offers = array_append(excluded_offers, $2) WHERE job_id = $1", job_id, failed_offer)
+
+
+async def live_offers_published_before(tx: asyncpg.Connection, before: datetime) -> dict[UUID, asyncpg.Record]:
+    """Offers in the book not published since `before`: the ones a batch of heartbeats may find lost."""
+    rows = await tx.fetch("SELECT offer_id, vendor, node, published_at FROM offers "
+                          "WHERE lost_at IS NULL AND published_at < $1 ORDER BY offer_id FOR UPDATE", before)
+    return {r["offer_id"]: r for r in rows}
+
+
+async def mark_lost(tx: asyncpg.Connection, lost: list[tuple[UUID, datetime]]) -> None:
+    """rows: (offer_id, lost_at): the offers leave the book (their reservations stay until placement says
+    what became of their workloads)."""
+    await tx.executemany("UPDATE offers SET lost_at = $2 WHERE offer_id = $1", lost)
 
 
 async def release(tx: asyncpg.Connection, released: list[tuple[UUID, datetime]]) -> int:
@@ -163,7 +235,7 @@ async def list_offers(con: asyncpg.Connection, vendor: str | None, region: str |
         "o.gpu_model, o.price_micro_eur_per_dtu_hour, o.price_micro_eur_per_gpu_hour, o.available_from, "
         "o.available_until, o.illustrative, o.vcpu - COALESCE(r.vcpu, 0) AS free_vcpu, "
         f"o.memory_gib - COALESCE(r.mem, 0) AS free_memory_gib FROM offers o {_RESERVED} "
-        "WHERE ($1::text IS NULL OR o.vendor = $1) "
+        "WHERE ($1::text IS NULL OR o.vendor = $1) AND o.lost_at IS NULL "
         "ORDER BY o.price_micro_eur_per_dtu_hour, o.vendor, o.node", vendor)
     offers = [dict(r) for r in rows]
     if region is None:
@@ -176,7 +248,7 @@ async def list_vendors(con: asyncpg.Connection) -> list[dict[str, Any]]:
         "SELECT o.vendor, min(o.region) AS region, min(o.country) AS country, bool_and(o.eu) AS eu, "
         "count(*) AS offers, min(o.price_micro_eur_per_dtu_hour) AS min_price_micro_eur_per_dtu_hour, "
         f"sum(o.vcpu) - COALESCE(sum(r.vcpu), 0) AS free_vcpu FROM offers o {_RESERVED} "
-        "GROUP BY o.vendor ORDER BY o.vendor")
+        "WHERE o.lost_at IS NULL GROUP BY o.vendor ORDER BY o.vendor")
     return [dict(r) for r in rows]
 
 

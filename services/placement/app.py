@@ -20,6 +20,7 @@ def create_service(settings: PlacementSettings) -> Service:
             Subscription(streams.PLACEMENT_FUNDS_HELD, service.place_jobs),
             Subscription(streams.PLACEMENT_WORKLOAD_REPORTED, service.follow_reports),
             Subscription(streams.PLACEMENT_JOB_CANCELLED, service.cancel_jobs),
+            Subscription(streams.PLACEMENT_OFFER_LOST, service.lose_nodes),
         ],
         queries={"workloads": lambda con, req: store.list_workloads(con)},
     )

@@ -1,7 +1,9 @@
-"""Placement use cases: assign matched jobs to their vendors; follow the vendors' reports; cancel."""
+"""Placement use cases: assign matched jobs to their vendors; follow the vendors' reports; cancel; give
+up workloads that never started (their vendor failed them, or their node was lost)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -10,7 +12,9 @@ from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, derive
 from libs.common.events.agent import WorkloadReported
 from libs.common.events.intake import JobCancelled
+from libs.common.events.matching import OfferLost
 from libs.common.events.placement import (
+    PlacementFailed,
     WorkloadAssigned,
     WorkloadCancelled,
     WorkloadCancelRequested,
@@ -19,7 +23,7 @@ from libs.common.events.placement import (
     WorkloadStarted,
 )
 from libs.common.events.settlement import FundsHeld
-from libs.common.ids import derived_id
+from libs.common.ids import derived_id, offer_id
 from libs.common.subjects import tenant_party, vendor_party
 from services.placement import domain, store
 
@@ -27,8 +31,9 @@ SOURCE = "placement"
 
 
 async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) -> list[Envelope[Any]]:
-    """Record a workload per matched job whose money is held, and send the assignment to the vendor;
-    a job cancelled before its money was held is cancelled now instead (nothing ran: nothing to pay)."""
+    """Record a workload per matched job (per attempt) whose money is held, and send the assignment to the
+    vendor; a job cancelled before its money was held is cancelled now instead (nothing ran: nothing to
+    pay); a match on a node lost since is given up at once (PlacementFailed: matching books it again)."""
     for ev in events:
         if ev.payload.match is None:
             raise PermanentError(f"FundsHeld of job {ev.payload.job_id} carries no match to place")
@@ -36,9 +41,10 @@ async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) 
     await store.lock_jobs(tx, [m.job_id for m in matches])
     cancelled = await store.cancellations(tx, [m.job_id for m in matches])
     rows = [(derived_id(ev.id, "workload"), m.job_id, m.request.tenant, m.request.name, m.vendor, m.node,
-             m.request.resources.vcpu, m.request.resources.memory_gib, ev.time)
+             m.request.resources.vcpu, m.request.resources.memory_gib, ev.time, m.attempt, m.request.not_after)
             for ev, m in zip(events, matches, strict=True)]
     created = await store.insert_workloads(tx, rows)
+    losses = await store.last_losses(tx, sorted({offer_id(m.vendor, m.node) for m in matches}))
     out: list[Envelope[Any]] = []
     for ev, p, row in zip(events, matches, rows, strict=True):
         if row[0] not in created:
@@ -49,6 +55,13 @@ async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) 
             out.append(derive(ev, WorkloadCancelled(job_id=p.job_id, tenant=p.request.tenant, name=p.request.name,
                                                     vendor=p.vendor, reason=c["reason"], at=ev.time),
                               source=SOURCE, party=tenant_party(p.request.tenant), correlation_id=p.job_id))
+            continue
+        lost_at = losses.get(offer_id(p.vendor, p.node))
+        if lost_at is not None and ev.time <= lost_at:  # matched while the node was alive, lost before placed
+            reason = _lost(p.vendor, p.node, lost_at)
+            await store.unplace(tx, row[0], lost_at, reason)
+            w = dict(zip(("workload_id", "job_id", "tenant", "name", "vendor", "node"), row, strict=False))
+            out.append(_unplaced(ev, {**w, "attempt": p.attempt, "deadline": p.request.not_after}, reason, lost_at))
             continue
         out.append(derive(ev, WorkloadAssigned(
             workload_id=row[0], job_id=p.job_id, vendor=p.vendor, node=p.node, request=p.request,
@@ -70,6 +83,12 @@ async def follow_reports(tx: asyncpg.Connection, events: list[Envelope[WorkloadR
             raise PermanentError(f"workload {p.workload_id} is not assigned to vendor {p.vendor}")
         old, new = status[p.workload_id], domain.transition(status[p.workload_id], p.status)
         if new is None:
+            continue
+        if domain.never_started(old, p.status, p.last_usage_seq):
+            status[p.workload_id] = "unplaced"
+            why = p.message or (f"exit code {p.exit_code}" if p.exit_code is not None else "failed")
+            await store.unplace(tx, p.workload_id, p.at, why)
+            out.append(_unplaced(ev, w, f"the vendor gave it up before it started: {why}", p.at))
             continue
         status[p.workload_id] = new
         reason = p.message or (f"exit code {p.exit_code}" if new == "failed" else None)
@@ -109,8 +128,13 @@ async def cancel_jobs(tx: asyncpg.Connection, events: list[Envelope[JobCancelled
         p = ev.payload
         reason = p.reason or "cancelled by the consumer"
         action = domain.on_cancel(*state.get(p.job_id, (None, False)))
-        if action == "tombstone":
+        if action in ("tombstone", "void"):
             tombstones.append((p.job_id, p.tenant, p.name, reason, ev.time, ev.id))
+        if action == "void":  # it waits to be booked again: nothing ran, so the hold is voided now
+            out.append(derive(ev, WorkloadCancelled(job_id=p.job_id, tenant=p.tenant, name=p.name, reason=reason,
+                                                    at=ev.time),
+                              source=SOURCE, party=tenant_party(p.tenant), correlation_id=p.job_id))
+        if action in ("tombstone", "void"):
             continue
         if action == "none":
             continue
@@ -130,3 +154,46 @@ async def cancel_jobs(tx: asyncpg.Connection, events: list[Envelope[JobCancelled
         out.append(stop)
     await store.add_cancellations(tx, tombstones)
     return out
+
+
+async def lose_nodes(tx: asyncpg.Connection, events: list[Envelope[OfferLost]]) -> list[Envelope[Any]]:
+    """Matching lost a node (its heartbeats stopped): its workloads that have not started are given up
+    (PlacementFailed, so that their jobs are booked elsewhere) and the vendor is told to drop them, should
+    it come back; running ones go on. A match on the node that comes later is given up too (`place_jobs`)."""
+    await store.add_lost_offers(tx, [(ev.payload.offer_id, ev.payload.lost_at, ev.payload.vendor, ev.payload.node,
+                                      ev.id) for ev in events])
+    on_node = {ev.id: await store.assigned_on(tx, ev.payload.vendor, ev.payload.node) for ev in events}
+    jobs = sorted({j for js in on_node.values() for j in js})
+    await store.lock_jobs(tx, jobs)
+    workloads = await store.workloads_of_jobs(tx, jobs)
+    out: list[Envelope[Any]] = []
+    for ev in events:
+        p = ev.payload
+        for jid in on_node[ev.id]:
+            w = workloads[jid]
+            if (w["vendor"], w["node"]) != (p.vendor, p.node) or not domain.lost_with_node(
+                    w["status"], w["assigned_at"], p.lost_at):
+                continue
+            # the same reason and time as when the match reaches placement after the loss (`place_jobs`):
+            # whichever comes first, the workload ends the same (a replay's order may differ from live's)
+            reason = _lost(p.vendor, p.node, p.lost_at)
+            await store.unplace(tx, w["workload_id"], p.lost_at, reason)
+            workloads[jid] = {**w, "status": "unplaced"}
+            out.append(_unplaced(ev, w, reason, p.lost_at, n=str(w["workload_id"])))
+            out.append(derive(ev, WorkloadCancelRequested(workload_id=w["workload_id"], job_id=jid, vendor=p.vendor,
+                                                          node=p.node, reason=reason, at=p.lost_at),
+                              source=SOURCE, party=vendor_party(p.vendor), correlation_id=jid, n=str(w["workload_id"])))
+    return out
+
+
+def _lost(vendor: str, node: str, lost_at: datetime) -> str:
+    return f"its node {vendor}/{node} was lost (no heartbeat) at {lost_at.isoformat()}"
+
+
+def _unplaced(cause: Envelope[Any], w: Any, reason: str, at: Any, n: str = "0") -> Envelope[Any]:
+    """PlacementFailed for workload `w` (a row or a dict of one): matching books its job again."""
+    fact = PlacementFailed(workload_id=w["workload_id"], job_id=w["job_id"], tenant=w["tenant"], name=w["name"],
+                           vendor=w["vendor"], node=w["node"], at=at, attempt=w["attempt"],
+                           offer_id=offer_id(w["vendor"], w["node"]), deadline=w["deadline"] or at, reason=reason)
+    return derive(cause, fact, source=SOURCE, party=tenant_party(w["tenant"]), correlation_id=w["job_id"], n=n,
+                  time=at)

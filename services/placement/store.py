@@ -12,16 +12,17 @@ from libs.common.digest import StateTable
 
 
 async def insert_workloads(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> set[UUID]:
-    """rows: (workload_id, job_id, tenant, name, vendor, node, vcpu, memory_gib, assigned_at).
+    """rows: (workload_id, job_id, tenant, name, vendor, node, vcpu, memory_gib, assigned_at, attempt, deadline).
 
-    Returns the workloads created now; a job that has one already keeps it.
+    Returns the workloads created now; a job that has one for that attempt already keeps it.
     """
     if not rows:
         return set()
     inserted = await tx.fetch(
         "INSERT INTO workloads (workload_id, job_id, tenant, name, vendor, node, vcpu, memory_gib, assigned_at, "
-        "status) SELECT *, 'assigned' FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], "
-        "$6::text[], $7::numeric[], $8::numeric[], $9::timestamptz[]) ON CONFLICT DO NOTHING RETURNING workload_id",
+        "attempt, deadline, status) SELECT *, 'assigned' FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], "
+        "$5::text[], $6::text[], $7::numeric[], $8::numeric[], $9::timestamptz[], $10::int[], $11::timestamptz[]) "
+        "ON CONFLICT DO NOTHING RETURNING workload_id",
         *[list(col) for col in zip(*rows, strict=True)])
     return {r["workload_id"] for r in inserted}
 
@@ -54,9 +55,40 @@ async def lock_jobs(tx: asyncpg.Connection, job_ids: list[UUID]) -> None:
 
 
 async def workloads_of_jobs(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+    """Each job's workload of its latest attempt (earlier ones never started)."""
     rows = await tx.fetch("SELECT * FROM workloads WHERE job_id = ANY($1::uuid[]) ORDER BY workload_id FOR UPDATE",
                           job_ids)
-    return {r["job_id"]: r for r in rows}
+    latest: dict[UUID, asyncpg.Record] = {}
+    for r in rows:
+        if r["job_id"] not in latest or r["attempt"] > latest[r["job_id"]]["attempt"]:
+            latest[r["job_id"]] = r
+    return latest
+
+
+async def unplace(tx: asyncpg.Connection, workload_id: UUID, at: datetime, reason: str) -> None:
+    """The workload ended before it started: nothing ran (its job is booked again)."""
+    await tx.execute("UPDATE workloads SET status = 'unplaced', ended_at = $2, reason = $3 WHERE workload_id = $1",
+                     workload_id, at, reason)
+
+
+async def add_lost_offers(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """rows: (offer_id, lost_at, vendor, node, event_id)."""
+    await tx.executemany("INSERT INTO lost_offers (offer_id, lost_at, vendor, node, event_id) "
+                         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", rows)
+
+
+async def last_losses(tx: asyncpg.Connection, offer_ids: list[UUID]) -> dict[UUID, datetime]:
+    """When each of these offers was last lost (offers never lost are left out)."""
+    rows = await tx.fetch("SELECT offer_id, max(lost_at) AS lost_at FROM lost_offers "
+                          "WHERE offer_id = ANY($1::uuid[]) GROUP BY offer_id", offer_ids)
+    return {r["offer_id"]: r["lost_at"] for r in rows}
+
+
+async def assigned_on(tx: asyncpg.Connection, vendor: str, node: str) -> list[UUID]:
+    """Jobs with a workload assigned to a node and not started."""
+    rows = await tx.fetch("SELECT DISTINCT job_id FROM workloads WHERE vendor = $1 AND node = $2 "
+                          "AND status = 'assigned' ORDER BY job_id", vendor, node)
+    return [r["job_id"] for r in rows]
 
 
 async def add_cancellations(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:

@@ -102,3 +102,12 @@ def paid_after(hold: int, use: Use, fee_bps: int, before: Paid, *, final: bool) 
         rounding = max(before.rounding, hold - vendor_all - fee)
     vendor = max(before.vendor, min(u_full, vendor_all))
     return Paid(vendor=vendor, disputed=vendor_all - vendor, fee=fee, rounding=rounding)
+
+
+def fee_on_disputed(fee: int, disputed: int, vendor: int) -> int:
+    """The part of a job's fee charged on its disputed use: pro rata to the vendor's claim, floored.
+
+    A dispute decided for the tenant refunds it with the disputed amount: the exchange keeps no fee on use
+    that was not shown to be delivered. The rounding (at most 2 micro-euros) stays where it is.
+    """
+    return fee * disputed // (vendor + disputed) if vendor + disputed else 0

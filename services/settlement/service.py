@@ -14,9 +14,9 @@ import asyncpg
 
 from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, derive, new_envelope
-from libs.common.events.matching import JobMatched
+from libs.common.events.matching import JobExpired, JobMatched
 from libs.common.events.metering import MeterClosed, MeterProgressed
-from libs.common.events.placement import WorkloadCancelled
+from libs.common.events.placement import PlacementFailed, WorkloadCancelled
 from libs.common.events.sdk import DepositRequested, DisputeResolutionRequested, PayoutRequested
 from libs.common.events.settlement import (
     ChargePosted,
@@ -91,8 +91,15 @@ async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]],
     """Move (caps x DTUs and GPUs) x expected hours from the tenant's wallet into escrow per matched job,
     or refuse the job when the wallet cannot cover it. Wallets are locked for the batch, so two jobs
     the balance cannot both cover never both pass, whichever instance handles them. The hold expires
-    `hold_grace_s` after the booked window ends."""
+    `hold_grace_s` after the booked window ends. A job booked again because its workload never started
+    (attempt > 1) keeps the hold it has (`_move_holds`)."""
     out = await _expire(tx, events)
+    again = [ev.payload.job_id for ev in events if ev.payload.attempt > 1]
+    holds = {k: dict(v) for k, v in (await store.lock_holds(tx, again)).items()} if again else {}
+    out += await _move_holds(tx, [ev for ev in events if ev.payload.job_id in holds], holds, hold_grace_s)
+    events = [ev for ev in events if ev.payload.job_id not in holds]
+    if not events:
+        return out
     rows = []
     for ev in events:
         p, r = ev.payload, ev.payload.request
@@ -122,6 +129,54 @@ async def hold_funds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]],
     out += [derive(ev, FundsHeld(job_id=row[0], tenant=row[1], amount_micro_eur=row[4], match=ev.payload),
                    source=SOURCE) for ev, row in covered]
     return out
+
+
+async def _move_holds(tx: asyncpg.Connection, events: list[Envelope[JobMatched]], holds: dict[UUID, dict[str, Any]],
+                      hold_grace_s: int) -> list[Envelope[Any]]:
+    """A job booked again after its workload never started: the one hold it has moves to the new booking
+    (vendor, prices, expiry) and the new attempt is placed. No money moves: the hold depends on the job's
+    caps, not on the vendor, and nothing was charged. A job whose hold closed meanwhile is not placed:
+    voided, it was cancelled; posted, it ran; expired, its money went back to the wallet, so the new
+    booking is refused as unfunded (and matching frees it)."""
+    out: list[Envelope[Any]] = []
+    moves = []
+    for ev in events:
+        p, h = ev.payload, holds[ev.payload.job_id]
+        if h["status"] == "pending" and store.paid_of(h).total == 0 and not h["charged_dtu_micro_hours"]:
+            moves.append((p.job_id, p.vendor, p.price_micro_eur_per_dtu_hour, p.price_micro_eur_per_gpu_hour or 0,
+                          p.end_at + timedelta(seconds=hold_grace_s)))
+            out.append(derive(ev, FundsHeld(job_id=p.job_id, tenant=h["tenant"], amount_micro_eur=h["amount"],
+                                            match=p), source=SOURCE))
+        elif h["status"] == "expired":
+            wallet = tenant_account(h["tenant"])
+            available = (await store.lock_wallets(tx, [wallet]))[wallet]
+            out.append(derive(ev, InsufficientFunds(job_id=p.job_id, tenant=h["tenant"], name=h["name"],
+                                                    needed_micro_eur=h["amount"], available_micro_eur=available),
+                              source=SOURCE))
+    await store.move_holds(tx, moves)
+    return out
+
+
+async def wait_for_rebooking(tx: asyncpg.Connection, events: list[Envelope[PlacementFailed]], *,
+                             hold_grace_s: int = 3600) -> list[Envelope[Any]]:
+    """A workload never started and its job waits to be booked again: its hold must not expire with the
+    booking that failed, only after the job's deadline (by when it is booked again, or JobExpired voids it).
+    The event's time may be the vendor's clock, so it expires nobody's hold."""
+    await store.extend_holds(tx, sorted({(ev.payload.job_id, ev.payload.deadline + timedelta(seconds=hold_grace_s))
+                                         for ev in events}))
+    return []
+
+
+async def void_expired_jobs(tx: asyncpg.Connection, events: list[Envelope[JobExpired]]) -> list[Envelope[Any]]:
+    """A job that waited to be booked again until its deadline passed (JobExpired) ran nowhere: what its
+    hold has left returns to the wallet now. A job never held has nothing to return."""
+    holds = {k: dict(v) for k, v in (await store.lock_holds(tx, [ev.payload.job_id for ev in events])).items()}
+    closing: dict[UUID, tuple[Envelope[Any], dict[str, Any]]] = {}
+    for ev in events:
+        h = holds.get(ev.payload.job_id)
+        if h is not None and h["status"] == "pending" and h["job_id"] not in closing:
+            closing[h["job_id"]] = (ev, h)
+    return await _release(tx, list(closing.values()), "expired")
 
 
 async def charge_usage(tx: asyncpg.Connection, events: list[Envelope[Any]], *, fee_bps: int) -> list[Envelope[Any]]:
@@ -285,7 +340,8 @@ async def pay_out(tx: asyncpg.Connection, events: list[Envelope[PayoutRequested]
 
 async def resolve_disputes(tx: asyncpg.Connection,
                            events: list[Envelope[DisputeResolutionRequested]]) -> list[Envelope[Any]]:
-    """An operator's decision: the held amount goes to the vendor, or back to the tenant's wallet."""
+    """An operator's decision: the held amount goes to the vendor, or back to the tenant's wallet with the fee
+    charged on it (`domain.fee_on_disputed`)."""
     out: list[Envelope[Any]] = []
     for ev in events:
         p = ev.payload
@@ -300,18 +356,26 @@ async def resolve_disputes(tx: asyncpg.Connection,
             continue
         h = dict((await store.lock_holds(tx, [p.job_id]))[p.job_id])
         amount = h["disputed_micro_eur"]
-        to, kind = ((vendor_account(d["vendor"]), "dispute_release") if p.pay == "vendor"
-                    else (tenant_account(d["tenant"]), "refund"))
-        await store.post(tx, [(derived_id(ev.id, f"transfer/{kind}"), dispute_account(d["vendor"]), to, amount, kind,
-                               p.job_id, ev.id, ev.time)])
-        h.update(disputed_micro_eur=0, vendor_micro_eur=h["vendor_micro_eur"] + (amount if p.pay == "vendor" else 0))
+        if p.pay == "vendor":
+            fee_back = 0
+            legs = [(derived_id(ev.id, "transfer/dispute_release"), dispute_account(d["vendor"]),
+                     vendor_account(d["vendor"]), amount, "dispute_release", p.job_id, ev.id, ev.time)]
+        else:
+            fee_back = domain.fee_on_disputed(h["fee_micro_eur"], amount, h["vendor_micro_eur"])
+            legs = [(derived_id(ev.id, "transfer/refund"), dispute_account(d["vendor"]), tenant_account(d["tenant"]),
+                     amount, "refund", p.job_id, ev.id, ev.time),
+                    (derived_id(ev.id, "transfer/fee_refund"), FEES, tenant_account(d["tenant"]), fee_back,
+                     "fee_refund", p.job_id, ev.id, ev.time)]
+        await store.post(tx, [leg for leg in legs if leg[3]])
+        h.update(disputed_micro_eur=0, vendor_micro_eur=h["vendor_micro_eur"] + (amount if p.pay == "vendor" else 0),
+                 fee_micro_eur=h["fee_micro_eur"] - fee_back)
         await store.update_holds(tx, [h])
         await store.insert_charges(tx, [(derived_id(ev.id, "charge"), p.job_id,
                                          "dispute_paid" if p.pay == "vendor" else "refund", 0, 0,
-                                         amount if p.pay == "vendor" else 0, -amount, 0, 0,
-                                         0 if p.pay == "vendor" else -amount, ev.id, ev.time)])
+                                         amount if p.pay == "vendor" else 0, -amount, -fee_back, 0,
+                                         0 if p.pay == "vendor" else -amount - fee_back, ev.id, ev.time)])
         await store.resolve_dispute(tx, p.job_id, p.pay, ev.time, p.note)
         out.append(derive(ev, DisputeResolved(job_id=p.job_id, tenant=d["tenant"], vendor=d["vendor"], paid_to=p.pay,
-                                              amount_micro_eur=amount), source=SOURCE,
+                                              amount_micro_eur=amount, fee_refunded_micro_eur=fee_back), source=SOURCE,
                           party=tenant_party(d["tenant"]), correlation_id=p.job_id))
     return out

@@ -80,6 +80,20 @@ async def insert_holds(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> s
     return {r["job_id"] for r in inserted}
 
 
+async def move_holds(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """rows: (job_id, vendor, price per DTU-h, price per GPU-h, expires_at): a job booked again after its
+    workload never started keeps its hold (the amount depends on its caps, not on the vendor); the hold now
+    pays the new vendor at the new price, and expires after the new booking. No money moves."""
+    await tx.executemany("UPDATE holds SET vendor = $2, price_micro_eur_per_dtu_hour = $3, "
+                         "price_micro_eur_per_gpu_hour = $4, expires_at = $5 WHERE job_id = $1", rows)
+
+
+async def extend_holds(tx: asyncpg.Connection, rows: list[tuple[UUID, datetime]]) -> None:
+    """rows: (job_id, at the earliest): pending holds expire no sooner than that."""
+    await tx.executemany("UPDATE holds SET expires_at = GREATEST(expires_at, $2) WHERE job_id = $1 "
+                         "AND status = 'pending'", rows)
+
+
 async def lock_wallets(tx: asyncpg.Connection, names: list[str]) -> dict[str, int]:
     """The accounts' balances, locked (in name order) until the transaction ends; an account never paid into is 0."""
     await tx.executemany("INSERT INTO accounts (name, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -221,7 +235,9 @@ async def statement(con: asyncpg.Connection, vendor: str, since: datetime | None
 
 
 async def disputes(con: asyncpg.Connection, vendor: str | None = None) -> list[dict[str, Any]]:
-    rows = await con.fetch("SELECT d.*, h.name FROM disputes d JOIN holds h USING (job_id) "
+    rows = await con.fetch("SELECT d.*, h.name, (SELECT COALESCE(sum(t.amount), 0) FROM transfers t "
+                           "WHERE t.job_id = d.job_id AND t.kind = 'fee_refund')::bigint AS fee_refunded_micro_eur "
+                           "FROM disputes d JOIN holds h USING (job_id) "
                            "WHERE $1::text IS NULL OR d.vendor = $1 ORDER BY d.opened_at", vendor)
     return [dict(r) for r in rows]
 
@@ -249,7 +265,8 @@ INVARIANTS: dict[str, str] = {
         "COALESCE(sum(amount) FILTER (WHERE kind IN ('charge', 'dispute_release')), 0) AS vendor, "
         "COALESCE(sum(amount) FILTER (WHERE kind = 'dispute'), 0) "
         "- COALESCE(sum(amount) FILTER (WHERE kind IN ('dispute_release', 'refund')), 0) AS disputed, "
-        "COALESCE(sum(amount) FILTER (WHERE kind = 'fee'), 0) AS fee, "
+        "COALESCE(sum(amount) FILTER (WHERE kind = 'fee'), 0) "
+        "- COALESCE(sum(amount) FILTER (WHERE kind = 'fee_refund'), 0) AS fee, "
         "COALESCE(sum(amount) FILTER (WHERE kind = 'rounding'), 0) AS rounding, "
         "COALESCE(sum(amount) FILTER (WHERE kind IN ('release', 'void', 'expire')), 0) AS released "
         "FROM transfers GROUP BY job_id) t USING (job_id) WHERE h.vendor_micro_eur <> COALESCE(t.vendor, 0) "

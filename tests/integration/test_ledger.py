@@ -237,7 +237,8 @@ async def test_a_duplicate_or_reordered_reading_changes_nothing(ledger: Ledger) 
 
 async def test_a_disputed_claim_holds_that_part_of_the_vendors_pay_until_an_operator_decides(ledger: Ledger) -> None:
     # 1 DTU-h billable at 38_000, 0.4 DTU-h disputed: the vendor is paid 0.6 x 38_000 = 22_800, 15_200 is held;
-    # the fee (950) is on the whole billable use; the operator refunds the tenant
+    # the fee (950) is on the whole billable use; the operator refunds the tenant the held 15_200 and the fee
+    # charged on it, 950 x 15_200 / 38_000 = 380
     await ledger.deposit("xyz", 100_000, "pay-1")
     await ledger.match("xyz", "disputed")
     out = await ledger.meter(ledger.reading("xyz", "disputed", 1_000_000, final=True, disputed=400_000))
@@ -247,15 +248,15 @@ async def test_a_disputed_claim_holds_that_part_of_the_vendors_pay_until_an_oper
     assert (b["vendor:elastx"], b["dispute:elastx"], b["exchange:fees"]) == (22_800, 15_200, 950)
     await ledger.assert_invariants()
     resolved = await ledger.resolve("xyz", "disputed", "tenant")
-    assert [(e.type, e.payload.paid_to, e.payload.amount_micro_eur) for e in resolved] == \
-        [("DisputeResolved", "tenant", 15_200)]
+    assert [(e.type, e.payload.paid_to, e.payload.amount_micro_eur, e.payload.fee_refunded_micro_eur)
+            for e in resolved] == [("DisputeResolved", "tenant", 15_200, 380)]
     b = await ledger.balances()
-    assert (b["dispute:elastx"], b["tenant:xyz"]) == (0, 100_000 - 22_800 - 950)
+    assert (b["dispute:elastx"], b["exchange:fees"], b["tenant:xyz"]) == (0, 570, 100_000 - 22_800 - 570)
     assert await ledger.resolve("xyz", "disputed", "tenant") == []  # decided once
     with pytest.raises(Exception, match="decided for the tenant already"):
         await ledger.resolve("xyz", "disputed", "vendor")
     lines = await store.invoice(ledger.con, "xyz", None, None)
-    assert [(ln["name"], ln["total_micro_eur"]) for ln in lines] == [("disputed", 22_800 + 950)]
+    assert [(ln["name"], ln["total_micro_eur"]) for ln in lines] == [("disputed", 22_800 + 570)]
     await ledger.assert_invariants()
 
 

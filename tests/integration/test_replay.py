@@ -289,5 +289,9 @@ async def test_smctl_replays_a_service_and_compares_digests(exchange: Exchange, 
                              "--database-url", infra.database_url, "--drop")
         assert result.exit_code == 0, result.output
         assert "dropped schema" in result.output and "rebuilds only what those events build" in result.output
+
+        result = await smctl("--nats-url", infra.nats_url, "ops", "replay", "intake", "--from-time",
+                             "2099-01-01T00:00:00Z", "--database-url", infra.database_url, "--drop")
+        assert result.exit_code == 0 and "past the end of the input streams" in result.output, result.output
     finally:
         await drop_schema(infra.database_url, replica)

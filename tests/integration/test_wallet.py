@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,8 @@ def manifest_for(tenant: str, name: str) -> dict[str, object]:
     return doc
 
 
-async def test_a_job_whose_hold_the_wallet_cannot_cover_is_refused_before_it_is_placed(exchange: Exchange) -> None:
+async def test_a_job_whose_hold_the_wallet_cannot_cover_is_refused_before_it_is_placed(
+        exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
     await offer(exchange, "safespring", "std-4c-16g", 38_000)
     await exchange.wait_offers(1)
     await exchange.deposit("poor", 10_000_000)  # €10; the seed job holds €50 (cap €50 x 1 DTU x 1 h)
@@ -66,6 +68,11 @@ async def test_a_job_whose_hold_the_wallet_cannot_cover_is_refused_before_it_is_
     [book] = await exchange.query("matching", "offers")
     assert Decimal(str(book["free_vcpu"])) == 4  # the reservation was released
     assert (await exchange.query("settlement", "ledger_check"))["ok"]
+    # applied again, a refused job is not run again: the user is told to pick a new name
+    path = tmp_path / "too-dear.yaml"
+    path.write_text(json.dumps(manifest_for("poor", "too-dear")))
+    code, out = await smctl(infra, "apply", "-f", str(path))
+    assert code == 1 and "not run again: it ended refused" in out and "new metadata.name" in out, out
 
 
 async def test_two_racing_jobs_the_balance_cannot_both_cover_do_not_both_pass(exchange: Exchange) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from uuid import UUID
 
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, Field
 
 from libs.common.envelope import Payload
 from libs.common.events import event
@@ -25,6 +25,9 @@ class JobMatched(Payload):
     dtu_rate: Decimal  # DTUs the job occupies
     start_at: AwareDatetime  # booked window: start
     end_at: AwareDatetime  # booked window: start + expected duration
+    # 1 for the first match; n + 1 after the n-th never started (PlacementFailed, or its node was lost): each
+    # attempt gets its own workload, while the job's one hold moves with it (see services/settlement)
+    attempt: int = Field(1, ge=1)
 
 
 class ConstraintMiss(Payload):
@@ -52,3 +55,16 @@ class JobExpired(Payload):
     tenant: str
     name: str
     reason: str
+
+
+@event("OfferLost", subject="matching.offer.lost")
+class OfferLost(Payload):
+    """A vendor node's offer left the book: its heartbeats (re-publications) stopped for longer than the
+    offer TTL. Placement fails the node's workloads that have not started (PlacementFailed), so that
+    matching books their jobs elsewhere; a later re-publication brings the offer back."""
+
+    offer_id: UUID
+    vendor: str
+    node: str
+    last_published_at: AwareDatetime
+    lost_at: AwareDatetime  # last_published_at + the TTL: the same whichever event noticed it

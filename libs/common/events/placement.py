@@ -54,6 +54,18 @@ class WorkloadFailed(_WorkloadFact):
     last_usage_seq: int | None = None
 
 
+@event("PlacementFailed", subject="placement.workload.unplaced")
+class PlacementFailed(_WorkloadFact):
+    """The workload ended before it ever started (the vendor gave it up, or its node was lost): nothing
+    ran and nothing is charged. Matching books the job again without this node (attempt + 1), unless
+    its deadline can no longer be met (JobExpired); the job's hold waits for that."""
+
+    attempt: int = 1
+    offer_id: UUID
+    deadline: AwareDatetime
+    reason: str
+
+
 @event("WorkloadCancelled", subject="placement.workload.cancelled")
 class WorkloadCancelled(Payload):
     """The job was cancelled before anything ran: no usage, so settlement voids its hold and matching

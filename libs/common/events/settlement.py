@@ -87,7 +87,8 @@ class DisputeResolved(Payload):
     tenant: str
     vendor: str
     paid_to: Literal["vendor", "tenant"]
-    amount_micro_eur: int
+    amount_micro_eur: int  # the disputed amount, to the vendor or back to the tenant
+    fee_refunded_micro_eur: int = 0  # decided for the tenant: the fee charged on the disputed use, back too
 
 
 @event("PayoutPosted", subject="settlement.payout.posted")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from libs.common.manifest import JobRequest
 from services.matching.book import OrderBook
-from services.matching.domain import Offer, Slot, best_match
+from services.matching.domain import NO_RECORD, Offer, Slot, best_match, reliability
 from tests.unit.services.test_matching_domain import EUR, NOW, H, job, jobs_st, offer, offers_st
 
 # -- calendars ---------------------------------------------------------------------------------------------
@@ -176,3 +176,51 @@ def test_with_bookings_the_book_and_the_scan_still_agree(req: JobRequest, offers
         assert NOW <= m.start_at and m.end_at <= req.not_after
         assert m.end_at - m.start_at == timedelta(seconds=req.expected_duration_s)
         assert m.price_micro_eur_per_dtu_hour <= req.max_micro_eur_per_dtu_hour
+
+
+# -- vendor reliability ------------------------------------------------------------------------------------
+
+reliability_st = st.fixed_dictionaries({}, optional={v: st.integers(0, 10**6)
+                                                     for v in ("elastx", "safespring", "citycloud")})
+
+
+def test_reliability_is_a_laplace_smoothed_success_ratio() -> None:
+    assert reliability(0, 0) == NO_RECORD == 500_000  # no record: a coin toss
+    assert reliability(1, 0) > NO_RECORD > reliability(0, 1)
+    assert reliability(98, 0) == 990_000 and reliability(8, 0) == 900_000
+    assert reliability(3, 1) < reliability(6, 2) < 750_000  # more of the same record (3:1): nearer its ratio
+
+
+def test_among_runs_equal_by_price_and_start_the_more_reliable_vendor_wins() -> None:
+    offers = [offer(vendor="citycloud"), offer(vendor="elastx"), offer(vendor="safespring", price_eur="39")]
+    req = job()
+    # cheapest first, whatever the record: safespring is cheaper
+    assert OrderBook(offers, {"safespring": 0, "elastx": 10**6}).best(req, NOW).offer.vendor == "safespring"
+    even = offers[:2]
+    assert OrderBook(even).best(req, NOW).offer.vendor == "citycloud"  # no records: the tie-break by name
+    scores = {"citycloud": reliability(2, 3), "elastx": reliability(5, 1)}
+    m = OrderBook(even, scores).best(req, NOW)
+    assert m is not None and m.offer.vendor == "elastx"
+    assert best_match(req, even, NOW, reliability=scores)[0] == m
+    # soonest: the earlier start first, then reliability
+    later = offer(vendor="elastx", available_from=NOW + H)
+    soon = job(preference="soonest")
+    assert OrderBook([offers[0], later], scores).best(soon, NOW).offer.vendor == "citycloud"
+
+
+@settings(max_examples=300, deadline=None)
+@given(jobs_st, any_offers_st, bookings_st, reliability_st, st.sampled_from(["cheapest", "soonest"]))
+def test_with_vendor_reliability_the_book_and_the_scan_still_agree(
+        req: JobRequest, offers: list[Offer], bookings: list[tuple[int, int, int]], scores: dict[str, int],
+        preference: str) -> None:
+    req = req.model_copy(update={"preference": preference})
+    assert OrderBook(offers, scores).best(req, NOW) == best_match(req, offers, NOW, reliability=scores)[0]
+    book = OrderBook(offers, scores)
+    for n, (i, start, hours) in enumerate(bookings):
+        if offers:
+            o = offers[i % len(offers)]
+            book.book(UUID(int=10**6 + n), o.offer_id, NOW + start * H, NOW + (start + hours) * H,
+                      job(vcpu="0.5", memory_gib="1"))
+    assert book.best(req, NOW) == book.scan(req, NOW)
+    top = book.top(req, NOW, 3)
+    assert top[:1] == ([] if book.best(req, NOW) is None else [book.best(req, NOW)])

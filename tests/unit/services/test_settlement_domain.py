@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.settlement.domain import RUNNING_MARGIN, Paid, Use, gpu_micro_hours, hold_amount, paid_after
+from services.settlement.domain import (
+    RUNNING_MARGIN,
+    Paid,
+    Use,
+    fee_on_disputed,
+    gpu_micro_hours,
+    hold_amount,
+    paid_after,
+)
 
 # --- hold ------------------------------------------------------------------------------------------------
 
@@ -191,3 +199,14 @@ def test_a_gpu_job_holds_its_gpu_cap_for_the_expected_hours_too() -> None:
     assert hold_amount(50_000_000, Decimal(1), 3600, 2, 3_000_000) == 56_000_000
 
 
+
+
+@given(fee=st.integers(0, 10**9), disputed=st.integers(0, 10**9), vendor=st.integers(0, 10**9))
+def test_the_fee_refunded_with_a_dispute_is_its_pro_rata_share_and_never_more_than_the_fee(
+        fee: int, disputed: int, vendor: int) -> None:
+    back = fee_on_disputed(fee, disputed, vendor)
+    assert 0 <= back <= fee
+    if vendor + disputed:
+        assert back * (vendor + disputed) <= fee * disputed < (back + 1) * (vendor + disputed)  # floored, exact
+    assert fee_on_disputed(fee, disputed, 0) == (fee if disputed else 0)
+    assert fee_on_disputed(fee, 0, vendor) == 0
