@@ -235,7 +235,17 @@ async def _retry_waiting(tx: asyncpg.Connection, cause: Envelope[Any], rules: Po
         for job_id, req in rounds[market]:
             if job_id in cleared.matches:
                 out.append(await _record_match(tx, cause, job_id, req, cleared.matches[job_id], now))
+            elif _first_round(since[job_id], now, rules.interval(req)):  # said once: why its round left it out
+                out.append(derive(cause, JobUnmatchable(
+                    job_id=job_id, tenant=req.tenant, name=req.name, offers_considered=len(book),
+                    reasons=book.explain(req, now)), source=SOURCE, party=req.party, correlation_id=job_id,
+                    n=f"{job_id}/unfilled"))
     return out
+
+
+def _first_round(accepted: datetime, now: datetime, interval: int | None) -> bool:
+    """Whether `now` falls in the round right after the one the job arrived in: the round that first tried it."""
+    return interval is not None and round_of(to_us(accepted), interval) + 1 == round_of(to_us(now), interval)
 
 
 async def _try_match(tx: asyncpg.Connection, cause: Envelope[Any], job_id: UUID, req: JobRequest,

@@ -112,6 +112,7 @@ async def test_a_periodic_market_assigns_the_jobs_of_one_interval_together(perio
     await asyncio.sleep(interval - time.time() % interval + 0.05)  # the start of a round: both jobs land in it
     await submit(exchange, manifest("xyz", "small-job", cpu=4, region="se-sto"))
     await submit(exchange, manifest("xyz", "big-job", cpu=8, region="se-sto"))
+    await submit(exchange, manifest("xyz", "huge-job", cpu=16, region="se-sto"))  # fits no node
     for name in ("small-job", "big-job"):  # they wait for the round, however much is free
         assert (await matching_status(exchange, "xyz", name, "waiting", "matched"))["status"] == "waiting"
 
@@ -120,6 +121,12 @@ async def test_a_periodic_market_assigns_the_jobs_of_one_interval_together(perio
     small = await matching_status(exchange, "xyz", "small-job", "matched")
     big = await matching_status(exchange, "xyz", "big-job", "matched")
     assert (small["booked"]["node"], big["booked"]["node"]) == ("small", "big")
+    # the job the round could not fill is told why, once, as a continuous market tells it on arrival
+    async def unfilled() -> Any:
+        msg = await exchange.js.get_last_msg("MATCHING", "matching.job.unmatchable.t-xyz")
+        return parse_envelope(msg.data).payload
+    why = await eventually(unfilled, what="huge-job's JobUnmatchable")
+    assert why.name == "huge-job" and [(r.constraint, r.excluded) for r in why.reasons] == [("resources", 2)], why
     await exchange.quiet()
 
 
