@@ -460,7 +460,7 @@ async def run_pipeline(infra: Infra, args: argparse.Namespace, tasks: list[Task]
         res.mean_msg_bytes = (sum(b for n, (_, b) in streams.items() if n != "DLQ")
                               / max(1, sum(m for n, (m, _) in streams.items() if n != "DLQ")))
         res.deliveries_per_job = sum(c["delivered"] for name, c in consumers.items()
-                                     if name != "matching-offer-published") / n_jobs
+                                     if name != "matching-offer-changed") / n_jobs
         redelivered = {n: c["redelivered"] for n, c in consumers.items() if c["redelivered"]}
         if redelivered:
             res.notes.append(f"redeliveries: {redelivered}")

@@ -29,7 +29,7 @@ from clients.agent.runner import Outcome, Usage, map_path, run_process, stop_lef
 from clients.agent.settings import AgentSettings
 from libs.common import subjects
 from libs.common.envelope import Envelope, InvalidEvent, Payload, new_envelope, parse_envelope
-from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported
+from libs.common.events.agent import OfferPublished, OfferWithdrawn, UsageSampled, WorkloadReported
 from libs.common.events.placement import WorkloadAssigned, WorkloadCancelRequested
 from libs.common.ids import offer_id
 from libs.common.streams import ensure_streams
@@ -92,6 +92,8 @@ class Agent:
         await ensure_streams(self.js)
         await self.recover()
         await self.publish_offers()
+        for v in self.vendors:  # a node withdrawn (smctl vendor withdraw) is offered no more, until a restart
+            await self.nc.subscribe(subjects.offer_withdrawn_by(v), cb=self.on_withdrawn)
         config = ConsumerConfig(
             durable_name=f"agent-{self.settings.name}", ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, max_deliver=5, ack_wait=60,
@@ -100,6 +102,17 @@ class Agent:
         # create, or update the filters of, the agent's durable consumer (idempotent)
         await self.js.add_consumer("PLACEMENT", config)
         self.psub = await self.js.pull_subscribe_bind(durable=config.durable_name, stream="PLACEMENT")
+
+    async def on_withdrawn(self, m: Msg) -> None:
+        try:
+            p = parse_envelope(m.data).payload
+        except InvalidEvent:
+            return
+        if isinstance(p, OfferWithdrawn):
+            before = len(self.offers)
+            self.offers = [o for o in self.offers if (o.vendor, o.node) != (p.vendor, p.node)]
+            if len(self.offers) < before:
+                log.info("%s/%s withdrawn: no longer offered", p.vendor, p.node)
 
     async def serve(self) -> None:
         assert self.nc is not None

@@ -39,7 +39,9 @@ from pydantic import ValidationError
 
 from libs.common import subjects
 from libs.common.envelope import Envelope, InvalidEvent, new_envelope, parse_envelope
+from libs.common.events.agent import OfferWithdrawn
 from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
+from libs.common.events.matching import OfferLost
 from libs.common.events.sdk import (
     DepositRequested,
     DisputeResolutionRequested,
@@ -48,7 +50,7 @@ from libs.common.events.sdk import (
     PayoutRequested,
 )
 from libs.common.events.settlement import PayoutPosted, PayoutRefused
-from libs.common.ids import job_id
+from libs.common.ids import job_id, offer_id
 from libs.common.manifest import MICRO, FieldError, euro_to_micro, is_dns_label, manifest_identity
 from libs.common.streams import ensure_streams
 
@@ -207,6 +209,16 @@ class PayoutOutcome:
     paid: bool  # paid out: now, or before under the same reference (`already`)
     already: bool = False
     available_micro_eur: int | None = None  # when refused: what the vendor's payable holds
+
+
+@dataclass(frozen=True)
+class WithdrawOutcome:
+    """What matching did with one withdrawal of a node's offer."""
+
+    event_id: UUID  # the OfferWithdrawn event's id
+    vendor: str
+    node: str
+    withdrawn: bool  # the offer left the book; False: it was not in the book (never published, or already out)
 
 
 class Exchange:
@@ -573,6 +585,44 @@ class Exchange:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"settlement did not answer the payout {reference!r} of {vendor} within "
                                        f"{timeout_s:g}s (the request is stored and will be answered when settlement "
+                                       f"runs): {NOT_RUNNING}")
+
+    async def withdraw(self, vendor: str, node: str, reason: str = "", *, wait: bool = True,
+                       timeout_s: float = 20.0) -> WithdrawOutcome | UUID:
+        """Take a vendor node's offer off the market now: its capacity leaves the book, and the jobs booked on
+        it that have not started are booked elsewhere. An agent that still serves the node stops offering it
+        (until the agent restarts); publishing the node again brings it back.
+
+        Without `wait`, returns the request's event id; with it, whether matching took the offer out.
+
+        Raises:
+            ExchangeError: vendor is no DNS-1123 label, node is empty, or the exchange is not reachable.
+            TimeoutError: no answer within `timeout_s`.
+        """
+        if not is_dns_label(vendor):
+            raise ExchangeError(f"vendor: {vendor!r} is not a DNS-1123 label")
+        if not node or len(node) > 253 or any(c.isspace() for c in node):
+            raise ExchangeError(f"node: {node!r} is not a node name (1 to 253 characters, no spaces)")
+        if len(reason) > 500:
+            raise ExchangeError("reason: at most 500 characters")
+        oid = offer_id(vendor, node)
+        env = new_envelope(OfferWithdrawn(offer_id=oid, vendor=vendor, node=node, reason=reason), source="sdk",
+                           party=subjects.vendor_party(vendor), correlation_id=oid)
+        if not wait:
+            await self._publish(env)
+            return env.id
+        async with self._answers(env, (OfferLost,)) as answers:
+            await self._publish(env)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if await _next_answer(answers, deadline) is not None:
+                    return WithdrawOutcome(env.id, vendor, node, True)
+                # a withdrawal of an offer not in the book says nothing: the book shows it absent
+                if not any(o["node"] == node for o in await self.offers(vendor)):
+                    return WithdrawOutcome(env.id, vendor, node, False)
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"matching did not take {vendor}/{node} out of the book within "
+                                       f"{timeout_s:g}s (the request is stored and will be applied when matching "
                                        f"runs): {NOT_RUNNING}")
 
     # -- operator: disputes ---------------------------------------------------------------------------

@@ -782,7 +782,8 @@ def ops_digest(
 
 # -- vendors: statements and payouts; operators: disputes ------------------------------------------------
 
-vendor_app = typer.Typer(help="A vendor's money: payout statements and payouts.", no_args_is_help=True)
+vendor_app = typer.Typer(help="A vendor's offers and money: withdrawals, payout statements and payouts.",
+                         no_args_is_help=True)
 app.add_typer(vendor_app, name="vendor")
 dispute_app = typer.Typer(help="Usage a vendor claimed that metering's own measurement does not support.",
                           no_args_is_help=True)
@@ -838,6 +839,24 @@ def vendor_payout(ctx: typer.Context, vendor: str,
                        f"{eur(outcome.available_micro_eur or 0)} EUR; nothing was paid out "
                        f"(smctl vendor statement {vendor} shows what it earned)")
     console.print(f"paid out {amount} EUR; {vendor} payable now {eur(after['payable_micro_eur'])} EUR")
+
+
+@vendor_app.command("withdraw")
+@cli_errors
+def vendor_withdraw(ctx: typer.Context, vendor: str, node: str,
+                    reason: Annotated[str, typer.Option(help="Why, for the jobs booked elsewhere.")] = "") -> None:
+    """Take a node's offer off the market now; its jobs that have not started are booked elsewhere."""
+
+    async def go() -> Any:
+        async with await connect(ctx) as ex:
+            return await ex.withdraw(vendor, node, reason)
+
+    outcome = run(go())
+    if not outcome.withdrawn:
+        raise CliError(f"node: {vendor}/{node} has no offer in the book (never published, or out already); "
+                       f"smctl get offers --vendor {vendor} lists its offers")
+    console.print(f"withdrew {vendor}/{node}: its capacity left the book; jobs booked on it that had not started "
+                  "are booked elsewhere")
 
 
 @dispute_app.command("list")

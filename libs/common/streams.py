@@ -66,7 +66,8 @@ INTAKE_METERING = _c("intake-meter-closed", "METERING", s.METER_CLOSED_ANY)
 INTAKE_SETTLEMENT = _c("intake-job-settlement", "SETTLEMENT", "settlement.>")
 INTAKE_JOB_CANCEL = _c("intake-job-cancel", "SDK", s.JOB_CANCEL_REQUESTED_ANY)
 
-MATCHING_OFFER_PUBLISHED = _c("matching-offer-published", "AGENT", s.OFFER_PUBLISHED_ANY)
+# publications and withdrawals through ONE consumer: a withdrawal and a re-publication apply in the order they came
+MATCHING_OFFER_CHANGED = _c("matching-offer-changed", "AGENT", s.OFFER_CHANGES_ANY)
 MATCHING_JOB_ACCEPTED = _c("matching-job-accepted", "INTAKE", s.JOB_ACCEPTED_ANY)
 MATCHING_WORKLOAD_FINISHED = _c("matching-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
 MATCHING_WORKLOAD_FAILED = _c("matching-workload-failed", "PLACEMENT", s.WORKLOAD_FAILED_ANY)

@@ -7,7 +7,7 @@ from typing import Any
 
 from libs.common.envelope import Envelope
 from libs.common.events import subject_prefix
-from libs.common.events.agent import OfferPublished, UsageSampled, WorkloadReported
+from libs.common.events.agent import OfferPublished, OfferWithdrawn, UsageSampled, WorkloadReported
 from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable, OfferLost
 from libs.common.events.metering import MeterClosed, MeterProgressed
@@ -53,6 +53,7 @@ OPERATOR_PARTY = "ops"  # the exchange's operators: dispute decisions
 JOB_SUBMITTED_ANY = any_party(JobSubmitted)
 DEPOSIT_REQUESTED_ANY = any_party(DepositRequested)
 OFFER_PUBLISHED_ANY = any_party(OfferPublished)
+OFFER_CHANGES_ANY = "agent.offer.>"  # published and withdrawn, in one order
 WORKLOAD_REPORTED_ANY = any_party(WorkloadReported)
 USAGE_SAMPLED_ANY = any_party(UsageSampled)
 JOB_ACCEPTED_ANY = any_party(JobAccepted)
@@ -76,6 +77,10 @@ HOLD_RELEASED_ANY = any_party(HoldReleased)
 # life after the match: a node whose heartbeats stopped, a workload that never started
 OFFER_LOST_ANY = any_party(OfferLost)
 PLACEMENT_FAILED_ANY = any_party(PlacementFailed)
+
+
+def offer_withdrawn_by(vendor: str) -> str:
+    return f"{subject_prefix(OfferWithdrawn)}.{vendor_party(vendor)}"
 
 
 def workload_assigned_to(vendor: str) -> str:

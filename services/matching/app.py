@@ -15,8 +15,8 @@ from services.matching.settings import MatchingSettings
 def create_service(settings: MatchingSettings) -> Service:
     rules = settings.policy()
     subscriptions = [
-        Subscription(streams.MATCHING_OFFER_PUBLISHED,
-                     functools.partial(service.publish_offers, ttl_s=settings.matching_offer_ttl_s, rules=rules),
+        Subscription(streams.MATCHING_OFFER_CHANGED,
+                     functools.partial(service.change_offers, ttl_s=settings.matching_offer_ttl_s, rules=rules),
                      time_from_stream=True),
         Subscription(streams.MATCHING_JOB_ACCEPTED, functools.partial(service.accept_jobs, rules=rules)),
         Subscription(streams.MATCHING_WORKLOAD_FINISHED, functools.partial(service.release_capacity, rules=rules)),

@@ -10,7 +10,7 @@ import asyncpg
 
 from libs.common.bus import PermanentError
 from libs.common.envelope import Envelope, derive
-from libs.common.events.agent import OfferPublished
+from libs.common.events.agent import OfferPublished, OfferWithdrawn
 from libs.common.events.intake import JobAccepted, JobCancelled
 from libs.common.events.matching import JobExpired, JobMatched, JobUnmatchable, OfferLost
 from libs.common.events.placement import PlacementFailed, WorkloadCancelled, WorkloadFailed, WorkloadFinished
@@ -62,20 +62,59 @@ async def accept_jobs(tx: asyncpg.Connection, events: list[Envelope[JobAccepted]
     return out
 
 
-async def publish_offers(tx: asyncpg.Connection, events: list[Envelope[OfferPublished]], *,
-                         ttl_s: float = 300.0, rules: Policy = ALL) -> list[Envelope[Any]]:
-    """Take vendors' (re-)published offers into the book, take out those whose heartbeats stopped
-    (OfferLost), then retry the waiting jobs against it."""
+async def change_offers(tx: asyncpg.Connection, events: list[Envelope[OfferPublished | OfferWithdrawn]], *,
+                        ttl_s: float = 300.0, rules: Policy = ALL) -> list[Envelope[Any]]:
+    """Vendors' offers, in the order they came: (re-)publications take an offer into the book, withdrawals
+    take it out (OfferLost, cause "withdrawn"); offers whose heartbeats stopped leave too (OfferLost, cause
+    "silent"). Then the waiting jobs try the book again."""
     for ev in events:
         p = ev.payload
         if ev.party != vendor_party(p.vendor) or p.offer_id != offer_id(p.vendor, p.node):
-            raise PermanentError(f"offer {p.offer_id} of {p.vendor}/{p.node} published by {ev.party}: "
-                                 "a vendor publishes only its own offers, under their own ids")
-    events = [ev for ev in events if rules.owns_offer(ev.payload.region, ev.payload.country)]
-    if not events:
-        return []  # offers of markets other instances own
-    out = await _lose_silent_offers(tx, events, timedelta(seconds=ttl_s))
-    return out + await _retry_waiting(tx, events[-1], rules)
+            raise PermanentError(f"offer {p.offer_id} of {p.vendor}/{p.node} {_verb(p)} by {ev.party}: "
+                                 "a vendor publishes and withdraws only its own offers, under their own ids")
+    out: list[Envelope[Any]] = []
+    published: list[Envelope[OfferPublished]] = []
+    for run in _runs(events):
+        if isinstance(run[0].payload, OfferWithdrawn):
+            out += await _withdraw(tx, run)
+            continue
+        run = [ev for ev in run if rules.owns_offer(ev.payload.region, ev.payload.country)]
+        if run:  # (others are offers of markets other instances own)
+            out += await _lose_silent_offers(tx, run, timedelta(seconds=ttl_s))
+            published += run
+    return out + (await _retry_waiting(tx, published[-1], rules) if published else [])
+
+
+def _verb(p: OfferPublished | OfferWithdrawn) -> str:
+    return "withdrawn" if isinstance(p, OfferWithdrawn) else "published"
+
+
+def _runs(events: list[Envelope[Any]]) -> list[list[Envelope[Any]]]:
+    """The batch cut where the kind of event changes: each run is applied whole, the runs in stream order."""
+    runs: list[list[Envelope[Any]]] = []
+    for ev in events:
+        if runs and type(runs[-1][-1].payload) is type(ev.payload):
+            runs[-1].append(ev)
+        else:
+            runs.append([ev])
+    return runs
+
+
+async def _withdraw(tx: asyncpg.Connection, events: list[Envelope[OfferWithdrawn]]) -> list[Envelope[Any]]:
+    """Offers their vendors withdrew leave the book at the withdrawal; placement gives up the workloads booked
+    on them that have not started, and matching books those jobs again (as after a lost node). A withdrawal
+    of an offer not in this book (never published, already out, or of a market another instance owns) or
+    older than the offer's last publication changes nothing."""
+    first: dict[UUID, Envelope[OfferWithdrawn]] = {}
+    for ev in events:
+        first.setdefault(ev.payload.offer_id, ev)
+    gone = await store.withdraw(tx, [(oid, ev.time) for oid, ev in first.items()])
+    return [derive(ev, OfferLost(offer_id=oid, vendor=ev.payload.vendor, node=ev.payload.node,
+                                 last_published_at=gone[oid], lost_at=ev.time, cause="withdrawn",
+                                 reason=ev.payload.reason),
+                   source=SOURCE, party=vendor_party(ev.payload.vendor), correlation_id=oid,
+                   n=f"{oid}/withdrawn/{ev.time.isoformat()}")
+            for oid, ev in first.items() if oid in gone]
 
 
 async def _lose_silent_offers(tx: asyncpg.Connection, events: list[Envelope[OfferPublished]],

@@ -33,7 +33,10 @@ async def upsert_offers(tx: asyncpg.Connection, offers: list[tuple[OfferPublishe
         "price_micro_eur_per_gpu_hour = EXCLUDED.price_micro_eur_per_gpu_hour, "
         "available_from = EXCLUDED.available_from, available_until = EXCLUDED.available_until, "
         "calendar = EXCLUDED.calendar, attributes = EXCLUDED.attributes, "
-        "published_at = EXCLUDED.published_at, lost_at = NULL WHERE offers.published_at <= EXCLUDED.published_at",
+        "published_at = EXCLUDED.published_at, "
+        # back in the book unless it left after this publication (a withdrawal that came later stands)
+        "lost_at = CASE WHEN offers.lost_at <= EXCLUDED.published_at THEN NULL ELSE offers.lost_at END "
+        "WHERE offers.published_at <= EXCLUDED.published_at",
         [(o.offer_id, o.vendor, o.node, o.region, o.country, o.eu, o.vcpu, o.memory_gib, o.gpu_count, o.gpu_model,
           o.arch, o.price_micro_eur_per_dtu_hour, o.available_from, o.available_until, o.illustrative, at,
           o.price_micro_eur_per_gpu_hour,
@@ -213,6 +216,16 @@ async def mark_lost(tx: asyncpg.Connection, lost: list[tuple[UUID, datetime]]) -
     """rows: (offer_id, lost_at): the offers leave the book (their reservations stay until placement says
     what became of their workloads)."""
     await tx.executemany("UPDATE offers SET lost_at = $2 WHERE offer_id = $1", lost)
+
+
+async def withdraw(tx: asyncpg.Connection, rows: list[tuple[UUID, datetime]]) -> dict[UUID, datetime]:
+    """rows: (offer_id, withdrawn at), one per offer: the offers in the book, last published at or before
+    then, leave it. Returns those that left, with their last publication."""
+    gone = await tx.fetch(
+        "UPDATE offers o SET lost_at = v.at FROM unnest($1::uuid[], $2::timestamptz[]) AS v(offer_id, at) "
+        "WHERE o.offer_id = v.offer_id AND o.lost_at IS NULL AND o.published_at <= v.at "
+        "RETURNING o.offer_id, o.published_at", [r[0] for r in rows], [r[1] for r in rows])
+    return {r["offer_id"]: r["published_at"] for r in gone}
 
 
 async def release(tx: asyncpg.Connection, released: list[tuple[UUID, datetime]]) -> int:

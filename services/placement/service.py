@@ -56,9 +56,9 @@ async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) 
                                                     vendor=p.vendor, reason=c["reason"], at=ev.time),
                               source=SOURCE, party=tenant_party(p.request.tenant), correlation_id=p.job_id))
             continue
-        lost_at = losses.get(offer_id(p.vendor, p.node))
+        lost_at, cause = losses.get(offer_id(p.vendor, p.node), (None, ""))
         if lost_at is not None and ev.time <= lost_at:  # matched while the node was alive, lost before placed
-            reason = _lost(p.vendor, p.node, lost_at)
+            reason = _lost(p.vendor, p.node, lost_at, cause)
             await store.unplace(tx, row[0], lost_at, reason)
             w = dict(zip(("workload_id", "job_id", "tenant", "name", "vendor", "node"), row, strict=False))
             out.append(_unplaced(ev, {**w, "attempt": p.attempt, "deadline": p.request.not_after}, reason, lost_at))
@@ -157,11 +157,12 @@ async def cancel_jobs(tx: asyncpg.Connection, events: list[Envelope[JobCancelled
 
 
 async def lose_nodes(tx: asyncpg.Connection, events: list[Envelope[OfferLost]]) -> list[Envelope[Any]]:
-    """Matching lost a node (its heartbeats stopped): its workloads that have not started are given up
-    (PlacementFailed, so that their jobs are booked elsewhere) and the vendor is told to drop them, should
-    it come back; running ones go on. A match on the node that comes later is given up too (`place_jobs`)."""
+    """Matching lost a node (its heartbeats stopped, or its vendor withdrew it): its workloads that have not
+    started are given up (PlacementFailed, so that their jobs are booked elsewhere) and the vendor is told to
+    drop them, should it come back; running ones go on. A match on the node that comes later is given up too
+    (`place_jobs`)."""
     await store.add_lost_offers(tx, [(ev.payload.offer_id, ev.payload.lost_at, ev.payload.vendor, ev.payload.node,
-                                      ev.id) for ev in events])
+                                      ev.id, ev.payload.cause) for ev in events])
     on_node = {ev.id: await store.assigned_on(tx, ev.payload.vendor, ev.payload.node) for ev in events}
     jobs = sorted({j for js in on_node.values() for j in js})
     await store.lock_jobs(tx, jobs)
@@ -176,7 +177,7 @@ async def lose_nodes(tx: asyncpg.Connection, events: list[Envelope[OfferLost]]) 
                 continue
             # the same reason and time as when the match reaches placement after the loss (`place_jobs`):
             # whichever comes first, the workload ends the same (a replay's order may differ from live's)
-            reason = _lost(p.vendor, p.node, p.lost_at)
+            reason = _lost(p.vendor, p.node, p.lost_at, p.cause)
             await store.unplace(tx, w["workload_id"], p.lost_at, reason)
             workloads[jid] = {**w, "status": "unplaced"}
             out.append(_unplaced(ev, w, reason, p.lost_at, n=str(w["workload_id"])))
@@ -186,8 +187,9 @@ async def lose_nodes(tx: asyncpg.Connection, events: list[Envelope[OfferLost]]) 
     return out
 
 
-def _lost(vendor: str, node: str, lost_at: datetime) -> str:
-    return f"its node {vendor}/{node} was lost (no heartbeat) at {lost_at.isoformat()}"
+def _lost(vendor: str, node: str, lost_at: datetime, cause: str) -> str:
+    why = "withdrawn by its vendor" if cause == "withdrawn" else "lost (no heartbeat)"
+    return f"its node {vendor}/{node} was {why} at {lost_at.isoformat()}"
 
 
 def _unplaced(cause: Envelope[Any], w: Any, reason: str, at: Any, n: str = "0") -> Envelope[Any]:

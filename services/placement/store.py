@@ -72,16 +72,16 @@ async def unplace(tx: asyncpg.Connection, workload_id: UUID, at: datetime, reaso
 
 
 async def add_lost_offers(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """rows: (offer_id, lost_at, vendor, node, event_id)."""
-    await tx.executemany("INSERT INTO lost_offers (offer_id, lost_at, vendor, node, event_id) "
-                         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", rows)
+    """rows: (offer_id, lost_at, vendor, node, event_id, cause)."""
+    await tx.executemany("INSERT INTO lost_offers (offer_id, lost_at, vendor, node, event_id, cause) "
+                         "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", rows)
 
 
-async def last_losses(tx: asyncpg.Connection, offer_ids: list[UUID]) -> dict[UUID, datetime]:
-    """When each of these offers was last lost (offers never lost are left out)."""
-    rows = await tx.fetch("SELECT offer_id, max(lost_at) AS lost_at FROM lost_offers "
-                          "WHERE offer_id = ANY($1::uuid[]) GROUP BY offer_id", offer_ids)
-    return {r["offer_id"]: r["lost_at"] for r in rows}
+async def last_losses(tx: asyncpg.Connection, offer_ids: list[UUID]) -> dict[UUID, tuple[datetime, str]]:
+    """When each of these offers was last lost, and why (offers never lost are left out)."""
+    rows = await tx.fetch("SELECT DISTINCT ON (offer_id) offer_id, lost_at, cause FROM lost_offers "
+                          "WHERE offer_id = ANY($1::uuid[]) ORDER BY offer_id, lost_at DESC", offer_ids)
+    return {r["offer_id"]: (r["lost_at"], r["cause"]) for r in rows}
 
 
 async def assigned_on(tx: asyncpg.Connection, vendor: str, node: str) -> list[UUID]:

@@ -12,11 +12,17 @@ from typing import Any
 
 import pytest
 
+from clients.sdk.client import Exchange as Sdk
+from clients.sdk.client import ExchangeError, WithdrawOutcome
 from libs.common import subjects
 from libs.common.envelope import Envelope, new_envelope, parse_envelope
-from libs.common.events.agent import WorkloadReported
+from libs.common.events.agent import OfferWithdrawn, WorkloadReported
 from libs.common.events.placement import WorkloadCancelRequested
+from libs.common.ids import offer_id
+from libs.common.localinfra import Infra
 from tests.e2e.test_seed_job import offer, seed_manifest, submit
+from tests.integration.test_bus_edges import dead_letters
+from tests.integration.test_dead_letters import smctl
 from tests.integration.test_replay import Vendor
 from tests.support import Exchange, eventually
 
@@ -132,6 +138,54 @@ async def test_an_offer_whose_heartbeats_stop_loses_its_jobs_that_have_not_start
     assert statuses == {"safespring": "unplaced", "elastx": "succeeded"}
     await offer(exchange, "safespring", "n1", 38_000)  # its heartbeat comes back: so does its offer
     await exchange.wait_offers(2)
+
+
+async def test_a_withdrawn_offer_leaves_the_book_at_once_and_its_job_that_has_not_started_runs_elsewhere(
+        exchange: Exchange, infra: Infra) -> None:
+    await offer(exchange, "safespring", "n1", 38_000)
+    await offer(exchange, "elastx", "n1", 45_000)
+    await exchange.wait_offers(2)
+    await submit(exchange, seed_manifest())
+    safespring = Vendor(exchange, "safespring")
+    first = await safespring.assignment()
+    drops = await exchange.js.pull_subscribe(subjects.workload_cancel_to("safespring"), durable="test-drop",
+                                             stream="PLACEMENT")
+    code, out = await smctl(infra, "vendor", "withdraw", "safespring", "n1", "--reason", "maintenance")
+    assert code == 0 and "withdrew safespring/n1" in out, out
+    assert [o["vendor"] for o in await exchange.query("matching", "offers")] == ["elastx"]  # out at once, no TTL
+    second = await Vendor(exchange, "elastx").assignment()  # the job that had not started runs elsewhere
+    assert second.payload.job_id == first.payload.job_id
+    drop = parse_envelope((await drops.fetch(1, timeout=30))[0].data)
+    assert isinstance(drop.payload, WorkloadCancelRequested) and drop.payload.workload_id == first.payload.workload_id
+    assert "withdrawn by its vendor" in drop.payload.reason
+    await Vendor(exchange, "elastx").run(second, [(1800, 3600, 1)])
+    job = await exchange.wait_status("xyz", JOB, "settled")
+    assert (job["vendor"], job["total_micro_eur"]) == ("elastx", 23_063)
+    await money_back(exchange, spent=23_063)
+    # a second withdrawal finds nothing to withdraw, and says so; an unknown node likewise
+    code, out = await smctl(infra, "vendor", "withdraw", "safespring", "n1")
+    assert code == 1 and "has no offer in the book" in out, out
+    async with Sdk(infra.nats_url) as sdk:
+        gone = await sdk.withdraw("safespring", "no-such-node")
+        assert isinstance(gone, WithdrawOutcome) and not gone.withdrawn
+        with pytest.raises(ExchangeError, match="node: ''"):
+            await sdk.withdraw("safespring", "")
+        with pytest.raises(ExchangeError, match="vendor: 'Not A Label'"):
+            await sdk.withdraw("Not A Label", "n1")
+    await offer(exchange, "safespring", "n1", 38_000)  # published again: back in the book
+    await exchange.wait_offers(2)
+    lost = [t for t in (await exchange.job("xyz", JOB))["timeline"] if t["type"] == "PlacementFailed"]
+    assert lost and "withdrawn by its vendor" in lost[0]["detail"]
+
+
+async def test_an_offer_withdrawn_by_another_vendor_is_dead_lettered_and_stays(exchange: Exchange) -> None:
+    await offer(exchange, "elastx", "n1", 45_000)
+    await exchange.wait_offers(1)
+    forged = OfferWithdrawn(offer_id=offer_id("elastx", "n1"), vendor="elastx", node="n1")
+    await exchange.publish(new_envelope(forged, source="agent", party="v-evil", correlation_id=forged.offer_id))
+    [dl] = await eventually(lambda: dead_letters(exchange, "matching-offer-changed"), what="dead letter")
+    assert "a vendor publishes and withdraws only its own offers" in dl.headers["Strongmoose-Error"]
+    assert [o["vendor"] for o in await exchange.query("matching", "offers")] == ["elastx"]
 
 
 async def test_a_job_that_cannot_be_booked_again_before_its_deadline_expires_and_gets_its_money_back(

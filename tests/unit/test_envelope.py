@@ -15,7 +15,13 @@ from pydantic import ValidationError
 
 from libs.common.envelope import Envelope, InvalidEvent, Payload, derive, new_envelope, parse_envelope
 from libs.common.events import all_events, payload_class, type_of
-from libs.common.events.agent import AvailabilityWindow, OfferPublished, UsageSampled, WorkloadReported
+from libs.common.events.agent import (
+    AvailabilityWindow,
+    OfferPublished,
+    OfferWithdrawn,
+    UsageSampled,
+    WorkloadReported,
+)
 from libs.common.events.intake import JobAccepted, JobCancelled, JobCancelRefused, JobRejected
 from libs.common.events.matching import ConstraintMiss, JobExpired, JobMatched, JobUnmatchable, OfferLost
 from libs.common.events.metering import MeterClosed, MeterProgressed
@@ -89,7 +95,9 @@ SAMPLES: dict[type[Payload], Payload] = {
     JobMatched: JobMatched(job_id=JOB, request=REQUEST, offer_id=OFFER, vendor="elastx", node="n1", region="se-sto",
                            price_micro_eur_per_dtu_hour=41_000, dtu_rate=Decimal("0.5"), start_at=T0, end_at=T1,
                            attempt=2),
-    OfferLost: OfferLost(offer_id=OFFER, vendor="elastx", node="n1", last_published_at=T0, lost_at=T1),
+    OfferLost: OfferLost(offer_id=OFFER, vendor="elastx", node="n1", last_published_at=T0, lost_at=T1,
+                         cause="withdrawn", reason="maintenance"),
+    OfferWithdrawn: OfferWithdrawn(offer_id=OFFER, vendor="elastx", node="n1", reason="maintenance"),
     PlacementFailed: PlacementFailed(**WORKLOAD_FACT, attempt=2, offer_id=OFFER, deadline=T1,
                                      reason="its node elastx/n1 was lost"),
     JobUnmatchable: JobUnmatchable(job_id=JOB, tenant="xyz", name="my-first-sparkjob", offers_considered=3, reasons=[

@@ -81,6 +81,18 @@ class OfferPublished(Payload):
         return self
 
 
+@event("OfferWithdrawn", subject="agent.offer.withdrawn")
+class OfferWithdrawn(Payload):
+    """A vendor takes a node's offer off the market before its window ends: its capacity leaves the book at
+    once, and the jobs booked on it that have not started are booked elsewhere (matching says OfferLost,
+    with `reason` "withdrawn"). A later publication of the node brings the offer back."""
+
+    offer_id: UUID
+    vendor: str
+    node: str
+    reason: str = Field("", max_length=500)
+
+
 @event("WorkloadReported", subject="agent.workload.reported")
 class WorkloadReported(Payload):
     """The agent's view of a workload it runs: started, or ended with an exit code."""

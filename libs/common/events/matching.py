@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field
@@ -60,11 +61,14 @@ class JobExpired(Payload):
 @event("OfferLost", subject="matching.offer.lost")
 class OfferLost(Payload):
     """A vendor node's offer left the book: its heartbeats (re-publications) stopped for longer than the
-    offer TTL. Placement fails the node's workloads that have not started (PlacementFailed), so that
-    matching books their jobs elsewhere; a later re-publication brings the offer back."""
+    offer TTL (`cause` "silent"), or its vendor withdrew it (OfferWithdrawn; `cause` "withdrawn"). Placement
+    fails the node's workloads that have not started (PlacementFailed), so that matching books their jobs
+    elsewhere; a later re-publication brings the offer back."""
 
     offer_id: UUID
     vendor: str
     node: str
     last_published_at: AwareDatetime
-    lost_at: AwareDatetime  # last_published_at + the TTL: the same whichever event noticed it
+    lost_at: AwareDatetime  # silent: last_published_at + the TTL, the same whichever event noticed it; withdrawn: when
+    cause: Literal["silent", "withdrawn"] = "silent"
+    reason: str = ""  # the vendor's words, when it withdrew the offer

@@ -1,0 +1,2 @@
+-- a node leaves the market by silence (its heartbeats stopped) or because its vendor withdrew its offer
+ALTER TABLE lost_offers ADD COLUMN cause text NOT NULL DEFAULT 'silent' CHECK (cause IN ('silent', 'withdrawn'));
