@@ -94,7 +94,7 @@ from libs.common.events.agent import WorkloadReported  # noqa: E402
 from libs.common.events.sdk import DepositRequested, JobSubmitted  # noqa: E402
 from libs.common.ids import job_id  # noqa: E402
 from libs.common.localinfra import Infra, NatsServer, PostgresServer  # noqa: E402
-from libs.common.streams import DUPLICATE_WINDOW_S, MAX_AGE_S, STREAMS, ensure_streams  # noqa: E402
+from libs.common.streams import ALL_STREAMS, DUPLICATE_WINDOW_S, MAX_AGE_S, STREAMS, ensure_streams  # noqa: E402
 
 SERVICES = ("intake", "matching", "placement", "metering", "settlement")
 SERVICE_STREAMS = ("INTAKE", "MATCHING", "PLACEMENT", "METERING", "SETTLEMENT")  # "internal events"
@@ -255,7 +255,7 @@ class Run:
 async def fresh_bus_and_schemas(run: Run) -> None:
     """Empty streams and no service schemas: every phase starts from nothing."""
     assert run.js is not None
-    await delete_streams(run.js, list(STREAMS))
+    await delete_streams(run.js, list(ALL_STREAMS))
     con = await asyncpg.connect(run.infra.database_url)
     try:
         for s in SERVICES:
@@ -650,10 +650,10 @@ async def quiescence(run: Run, jobs: list[Job], vendor: FakeVendor, timeout: flo
             views = await ask(run.nc, "intake", "jobs", timeout=30)
             st = Counter(v["status"] for v in views if (v["tenant"], v["name"]) in keys)
             final = sum(n for s, n in st.items() if s in TERMINAL)
-            counts = await consumer_counts(run.js, list(STREAMS))
+            counts = await consumer_counts(run.js, list(ALL_STREAMS))
             busy = {n: c["pending"] + c["ack_pending"] for n, c in counts.items() if c["pending"] + c["ack_pending"]}
             unpublished = await unpublished_outbox(run)
-            total = sum([(await run.js.stream_info(s)).state.messages for s in STREAMS])
+            total = sum([(await run.js.stream_info(s)).state.messages for s in ALL_STREAMS])
             quiet = not busy and not unpublished
             why = (f"{final}/{len(keys)} final {dict(st)}; busy consumers {busy}; unpublished outbox rows "
                    f"{unpublished}")

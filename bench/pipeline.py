@@ -79,7 +79,7 @@ from libs.common.events.agent import OfferPublished  # noqa: E402
 from libs.common.events.sdk import DepositRequested, JobSubmitted  # noqa: E402
 from libs.common.ids import job_id, offer_id  # noqa: E402
 from libs.common.localinfra import Infra, ensure_infra  # noqa: E402
-from libs.common.streams import DUPLICATE_WINDOW_S, MAX_AGE_S, STREAMS, ensure_streams  # noqa: E402
+from libs.common.streams import ALL_STREAMS, DUPLICATE_WINDOW_S, MAX_AGE_S, ensure_streams  # noqa: E402
 from libs.common.subjects import CHARGE_POSTED_ANY, subject_for  # noqa: E402
 
 SERVICES = ("intake", "matching", "placement", "metering", "settlement")
@@ -313,7 +313,7 @@ def offer_events(n_vendors: int, n_nodes: int, tasks: list[Task], t0: datetime) 
 
 async def drained(js: JetStreamContext, database_url: str, schemas: dict[str, str]) -> bool:
     """Every consumer has handled and acked everything, and every outbox is published."""
-    for c in (await consumer_counts(js, list(STREAMS))).values():
+    for c in (await consumer_counts(js, list(ALL_STREAMS))).values():
         if c["pending"] or c["ack_pending"]:
             return False
     con = await asyncpg.connect(database_url)
@@ -332,7 +332,7 @@ async def run_pipeline(infra: Infra, args: argparse.Namespace, tasks: list[Task]
     log_before = Counter(logs.counts)
     nc = await nats.connect(infra.nats_url, name=f"bench-{phase}")
     js = nc.jetstream()
-    await delete_streams(js, list(STREAMS))
+    await delete_streams(js, list(ALL_STREAMS))
     await ensure_streams(js)
     tag = uuid.uuid4().hex[:8]
     schemas = {s: f"bench_{tag}_{s}" for s in SERVICES}
@@ -413,7 +413,7 @@ async def run_pipeline(infra: Infra, args: argparse.Namespace, tasks: list[Task]
         res.latencies_ms = [(t - submitted[k]) * 1000 for k, t in arrivals.at.items() if k in submitted]
         res.cpu_s = CpuMeter.delta(c0, c1)
         res.harness_cpu_s = vendor.cpu_s
-        backlog = {n: c["pending"] + c["ack_pending"] for n, c in (await consumer_counts(js, list(STREAMS))).items()
+        backlog = {n: c["pending"] + c["ack_pending"] for n, c in (await consumer_counts(js, list(ALL_STREAMS))).items()
                    if c["pending"] + c["ack_pending"]}
         if backlog:
             res.notes.append("backlog when the last charge was posted (pending + unacked): " + ", ".join(
@@ -452,15 +452,15 @@ async def run_pipeline(infra: Infra, args: argparse.Namespace, tasks: list[Task]
             res.notes.append(f"LEDGER CHECK FAILED: {[c for c in ledger['checks'] if not c['ok']]}")
 
         # what crossed the bus, per job (after the drain, so every consumer has seen everything)
-        streams = await stream_counts(js, list(STREAMS))
-        consumers = await consumer_counts(js, list(STREAMS))
+        streams = await stream_counts(js, list(ALL_STREAMS))
+        consumers = await consumer_counts(js, list(ALL_STREAMS))
         res.consumers = consumers
         n_jobs = max(1, res.done + len(res.probe_ms))
         res.msgs_per_job = (sum(m for name, (m, _) in streams.items() if name != "DLQ") - len(offers)) / n_jobs
         res.mean_msg_bytes = (sum(b for n, (_, b) in streams.items() if n != "DLQ")
                               / max(1, sum(m for n, (m, _) in streams.items() if n != "DLQ")))
         res.deliveries_per_job = sum(c["delivered"] for name, c in consumers.items()
-                                     if name != "matching-offer-changed") / n_jobs
+                                     if name != "matching-inputs") / n_jobs
         redelivered = {n: c["redelivered"] for n, c in consumers.items() if c["redelivered"]}
         if redelivered:
             res.notes.append(f"redeliveries: {redelivered}")
@@ -478,7 +478,7 @@ async def run_pipeline(infra: Infra, args: argparse.Namespace, tasks: list[Task]
                 sys.stderr.write(problem + "\n")
         if obs is not None:
             await obs.close()
-        await delete_streams(js, list(STREAMS))
+        await delete_streams(js, list(ALL_STREAMS))
         await nc.close()
         con = await asyncpg.connect(infra.database_url)
         try:

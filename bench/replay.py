@@ -56,7 +56,7 @@ from libs.common.events.sdk import DepositRequested, JobSubmitted  # noqa: E402
 from libs.common.ids import job_id  # noqa: E402
 from libs.common.localinfra import Infra, ensure_infra  # noqa: E402
 from libs.common.replay import drop_schema, load_service, replay  # noqa: E402
-from libs.common.streams import STREAMS, ensure_streams  # noqa: E402
+from libs.common.streams import ALL_STREAMS, ensure_streams  # noqa: E402
 from libs.common.subjects import subject_for  # noqa: E402
 
 
@@ -69,7 +69,7 @@ async def run(infra: Infra, args: argparse.Namespace) -> None:
     tasks = trace_tasks(default_data_dir() / "traces")
     nc = await nats.connect(infra.nats_url, name="bench-replay")
     js = nc.jetstream()
-    await delete_streams(js, list(STREAMS))
+    await delete_streams(js, list(ALL_STREAMS))
     await ensure_streams(js)
     tag = uuid.uuid4().hex[:8]
     schemas = {s: f"bench_{tag}_{s}" for s in SERVICES}
@@ -105,7 +105,7 @@ async def run(infra: Infra, args: argparse.Namespace) -> None:
             if not await drained(js, infra.database_url, schemas):
                 seen.clear()
                 return False
-            seen.append(sum([(await js.stream_info(n)).state.messages for n in STREAMS]))
+            seen.append(sum([(await js.stream_info(n)).state.messages for n in ALL_STREAMS]))
             return len(seen) >= 3 and len(set(seen[-3:])) == 1
         await wait_for(quiet, args.timeout, "quiescence", 0.5)
         live_s = time.perf_counter() - t0
@@ -144,7 +144,7 @@ async def run(infra: Infra, args: argparse.Namespace) -> None:
         await cancel_all(bg)
         for rt in reversed(runtimes):
             await stop_runtime(rt)
-        await delete_streams(js, list(STREAMS))
+        await delete_streams(js, list(ALL_STREAMS))
         await nc.close()
         for s in [*schemas.values(), *replicas]:
             await drop_schema(infra.database_url, s)

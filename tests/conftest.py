@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 
 from libs.common.bus import Runtime
 from libs.common.localinfra import Infra, ensure_infra
-from libs.common.streams import STREAMS, ensure_streams
+from libs.common.streams import ALL_STREAMS, ensure_streams
 from tests.support import Exchange
 
 SERVICES = ("intake", "matching", "placement", "metering", "settlement")
@@ -43,7 +43,7 @@ async def bus(infra: Infra) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
     """A NATS connection on empty streams: every test starts from a clean bus."""
     nc = await nats.connect(infra.nats_url)
     js = nc.jetstream()
-    for name in STREAMS:
+    for name in ALL_STREAMS:
         try:
             await js.delete_stream(name)
         except nats.js.errors.NotFoundError:

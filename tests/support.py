@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from libs.common.bus import Runtime
 from libs.common.envelope import Envelope, new_envelope
 from libs.common.events.sdk import DepositRequested
-from libs.common.streams import STREAMS
+from libs.common.streams import ALL_STREAMS
 from libs.common.subjects import query, subject_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ class Exchange:
     async def diagnose(self) -> str:
         """What the exchange holds, for a failure message."""
         parts = []
-        for name in STREAMS:
+        for name in ALL_STREAMS:
             info = await self.js.stream_info(name)
             parts.append(f"{name}: {info.state.messages} msgs")
             for c in await self.js.consumers_info(name):
@@ -113,7 +113,7 @@ class Exchange:
         seen: list[int] = []
 
         async def total() -> int:
-            return sum([(await self.js.stream_info(name)).state.messages for name in STREAMS])
+            return sum([(await self.js.stream_info(name)).state.messages for name in ALL_STREAMS])
 
         async def check() -> bool:
             if not await drained():
@@ -127,7 +127,7 @@ class Exchange:
 
         async def drained() -> bool:
             busy.clear()
-            for name in STREAMS:
+            for name in ALL_STREAMS:
                 for c in await self.js.consumers_info(name):
                     if c.name.split("-")[0] in self.schemas and (c.num_pending or c.num_ack_pending):
                         busy.append(f"{c.name}: {c.num_pending} pending, {c.num_ack_pending} unacked")

@@ -75,8 +75,9 @@ class Subscription:
     consumer: ConsumerSpec
     handle: Handler  # (tx, fresh events) -> outgoing events; runs inside the batch transaction
     # events from outside the exchange (consumers, vendors) carry a time their sender chose: take the
-    # time the stream stored the message instead, which a replay sees unchanged
-    time_from_stream: bool = False
+    # time the stream stored the message instead, which a replay sees unchanged (True: every event; a
+    # tuple of payload classes: the events of those)
+    time_from_stream: bool | tuple[type[Any], ...] = False
 
 
 class PartyMismatch(InvalidEvent):
@@ -89,7 +90,8 @@ def received(sub: Subscription, m: Msg) -> Envelope[Any]:
     token = m.subject.rsplit(".", 1)[-1]
     if token != env.party:
         raise PartyMismatch(f"subject party {token!r} is not the envelope's party {env.party!r}")
-    if sub.time_from_stream:
+    if sub.time_from_stream is True or (
+            isinstance(sub.time_from_stream, tuple) and isinstance(env.payload, sub.time_from_stream)):
         env = env.model_copy(update={"time": m.metadata.timestamp})
     return env
 

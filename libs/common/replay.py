@@ -10,8 +10,9 @@ handlers emit stay in the replay schema's outbox (no second assignment, no secon
 The order: each subscription's messages in stream order, merged by the time the stream stored them,
 then stream name and sequence for ties, so two replays of the same streams always apply the same
 events in the same order. A live service consumes its subscriptions side by side, so where its
-decisions depend on the order between subscriptions (which offer a job gets while other jobs'
-workloads end and free capacity), a replay may build a different state; the digest shows it (README).
+decisions depend on the order between subscriptions, a replay may build a different state; the digest
+shows it (README). A service for which that order matters reads one stream that sources all its inputs
+(`streams.SOURCED`: matching), and is then rebuilt exactly.
 
 What a live consumer would dead-letter is skipped and counted: an invalid message (`invalid`), an
 event the handler refuses (`refused`, `PermanentError`), and an event whose handler keeps failing

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
 from nats.js.errors import NotFoundError
 
 from libs.common import subjects as s
@@ -25,6 +34,22 @@ STREAMS: dict[str, list[str]] = {
     "SETTLEMENT": ["settlement.>"],
     "DLQ": ["dlq.>"],
 }
+
+# stream -> {source stream: subjects}: a service whose decisions depend on the order between facts from
+# several sources reads them from one stream the server fills from theirs, so that it and a replay of it
+# see one total order. Matching: which offer a job gets depends on the offers, arrivals and releases
+# before it.
+SOURCED: dict[str, dict[str, list[str]]] = {
+    "MATCHING_IN": {
+        "AGENT": [s.OFFER_CHANGES_ANY],
+        "INTAKE": [s.JOB_ACCEPTED_ANY, s.JOB_CANCELLED_ANY],
+        "PLACEMENT": [s.WORKLOAD_FINISHED_ANY, s.WORKLOAD_FAILED_ANY, s.WORKLOAD_CANCELLED_ANY,
+                      s.PLACEMENT_FAILED_ANY],
+        "SETTLEMENT": [s.INSUFFICIENT_FUNDS_ANY],
+    },
+}
+
+ALL_STREAMS: list[str] = [*STREAMS, *SOURCED]  # what a clean bus deletes, and where every durable consumer is
 
 
 @dataclass(frozen=True)
@@ -66,15 +91,8 @@ INTAKE_METERING = _c("intake-meter-closed", "METERING", s.METER_CLOSED_ANY)
 INTAKE_SETTLEMENT = _c("intake-job-settlement", "SETTLEMENT", "settlement.>")
 INTAKE_JOB_CANCEL = _c("intake-job-cancel", "SDK", s.JOB_CANCEL_REQUESTED_ANY)
 
-# publications and withdrawals through ONE consumer: a withdrawal and a re-publication apply in the order they came
-MATCHING_OFFER_CHANGED = _c("matching-offer-changed", "AGENT", s.OFFER_CHANGES_ANY)
-MATCHING_JOB_ACCEPTED = _c("matching-job-accepted", "INTAKE", s.JOB_ACCEPTED_ANY)
-MATCHING_WORKLOAD_FINISHED = _c("matching-workload-finished", "PLACEMENT", s.WORKLOAD_FINISHED_ANY)
-MATCHING_WORKLOAD_FAILED = _c("matching-workload-failed", "PLACEMENT", s.WORKLOAD_FAILED_ANY)
-MATCHING_FUNDS_INSUFFICIENT = _c("matching-funds-insufficient", "SETTLEMENT", s.INSUFFICIENT_FUNDS_ANY)
-MATCHING_JOB_CANCELLED = _c("matching-job-cancelled", "INTAKE", s.JOB_CANCELLED_ANY)
-MATCHING_WORKLOAD_CANCELLED = _c("matching-workload-cancelled", "PLACEMENT", s.WORKLOAD_CANCELLED_ANY)
-MATCHING_PLACEMENT_FAILED = _c("matching-placement-failed", "PLACEMENT", s.PLACEMENT_FAILED_ANY)
+# everything matching consumes, in the one order of MATCHING_IN (SOURCED)
+MATCHING_INPUTS = _c("matching-inputs", "MATCHING_IN", ">")
 
 PLACEMENT_FUNDS_HELD = _c("placement-funds-held", "SETTLEMENT", s.FUNDS_HELD_ANY)  # placed once paid for
 PLACEMENT_WORKLOAD_REPORTED = _c("placement-workload-reported", "AGENT", s.WORKLOAD_REPORTED_ANY)
@@ -120,11 +138,27 @@ async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> N
             duplicate_window=DUPLICATE_WINDOW_S,
             num_replicas=replicas or 1,
         )
-        try:
-            info = await js.stream_info(name)
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            if replicas is None:
-                config.num_replicas = info.config.num_replicas
-            await js.update_stream(config)
+        await _put_stream(js, config, replicas)
+    for name, sources in SOURCED.items():
+        config = StreamConfig(
+            name=name,
+            sources=[StreamSource(name=src, subject_transforms=[SubjectTransform(src=f, dest="") for f in filters])
+                     for src, filters in sources.items()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=replicas or 1,
+        )
+        await _put_stream(js, config, replicas)
+
+
+async def _put_stream(js: JetStreamContext, config: StreamConfig, replicas: int | None) -> None:
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        if replicas is None:
+            config.num_replicas = info.config.num_replicas
+        await js.update_stream(config)

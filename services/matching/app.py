@@ -8,23 +8,19 @@ from pathlib import Path
 
 from libs.common import streams
 from libs.common.bus import Service, Subscription
+from libs.common.events.agent import OfferPublished, OfferWithdrawn
 from services.matching import service, store
 from services.matching.settings import MatchingSettings
 
 
 def create_service(settings: MatchingSettings) -> Service:
     rules = settings.policy()
+    # one consumer of everything matching hears, in the one order of its stream (streams.SOURCED): live and
+    # a replay decide the same; vendors' offers are dated by the stream, not by the vendor
     subscriptions = [
-        Subscription(streams.MATCHING_OFFER_CHANGED,
-                     functools.partial(service.change_offers, ttl_s=settings.matching_offer_ttl_s, rules=rules),
-                     time_from_stream=True),
-        Subscription(streams.MATCHING_JOB_ACCEPTED, functools.partial(service.accept_jobs, rules=rules)),
-        Subscription(streams.MATCHING_WORKLOAD_FINISHED, functools.partial(service.release_capacity, rules=rules)),
-        Subscription(streams.MATCHING_WORKLOAD_FAILED, functools.partial(service.release_capacity, rules=rules)),
-        Subscription(streams.MATCHING_FUNDS_INSUFFICIENT, functools.partial(service.release_capacity, rules=rules)),
-        Subscription(streams.MATCHING_JOB_CANCELLED, service.cancel_jobs),
-        Subscription(streams.MATCHING_WORKLOAD_CANCELLED, functools.partial(service.release_capacity, rules=rules)),
-        Subscription(streams.MATCHING_PLACEMENT_FAILED, functools.partial(service.rebook_jobs, rules=rules)),
+        Subscription(streams.MATCHING_INPUTS,
+                     functools.partial(service.consume, ttl_s=settings.matching_offer_ttl_s, rules=rules),
+                     time_from_stream=(OfferPublished, OfferWithdrawn)),
     ]
     return Service(
         name="matching",

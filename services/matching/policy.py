@@ -23,7 +23,7 @@ for the next round (or expire); a job being booked again after a failed placemen
 Markets owned (`MATCHING_MARKETS="se-sto,sweden"`, empty: all): an instance takes only the offers whose
 region code or country is named, and only the jobs whose region restriction names one; other jobs are
 recorded as `elsewhere` (their later facts are then ignored, not retried) and other offers skipped. Each
-instance has its own durable consumers (`matching-job-accepted-<markets>`) and its own schema
+instance has its own durable consumers (`matching-inputs-<markets>`) and its own schema
 (`MATCHING_SCHEMA`), and builds its book from that schema in every transaction, so a restarted instance
 carries on from what it had decided, and a new one rebuilds from the streams (its consumers start at the
 streams' beginning). A job without a region restriction, or one spanning markets ("EU"), is matched only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -30,6 +31,35 @@ SOURCE = "matching"
 class JobNotInBook(Exception):
     """A cancellation overtook its job's acceptance (they come on different consumers): transient, retried
     after a delay, by when the job is in the book."""
+
+
+async def consume(tx: asyncpg.Connection, events: list[Envelope[Any]], *, ttl_s: float = 300.0,
+                  rules: Policy = ALL) -> list[Envelope[Any]]:
+    """Everything matching hears, in its stream's order: the batch is cut where the kind of fact changes,
+    and each run goes to its use case in turn."""
+    out: list[Envelope[Any]] = []
+    for run in _runs(events, _KIND):
+        kind = _KIND.get(type(run[0].payload))
+        if kind is None:
+            raise PermanentError(f"matching does not handle {run[0].type} events")
+        if kind == "offer":
+            out += await change_offers(tx, run, ttl_s=ttl_s, rules=rules)
+        elif kind == "accepted":
+            out += await accept_jobs(tx, run, rules=rules)
+        elif kind == "cancelled":
+            out += await cancel_jobs(tx, run)
+        elif kind == "unplaced":
+            out += await rebook_jobs(tx, run, rules=rules)
+        else:
+            out += await release_capacity(tx, run, rules=rules)
+    return out
+
+
+_KIND: dict[type, str] = {
+    OfferPublished: "offer", OfferWithdrawn: "offer", JobAccepted: "accepted", JobCancelled: "cancelled",
+    PlacementFailed: "unplaced", WorkloadFinished: "released", WorkloadFailed: "released",
+    WorkloadCancelled: "released", InsufficientFunds: "released",
+}
 
 
 async def accept_jobs(tx: asyncpg.Connection, events: list[Envelope[JobAccepted]], *,
@@ -89,11 +119,15 @@ def _verb(p: OfferPublished | OfferWithdrawn) -> str:
     return "withdrawn" if isinstance(p, OfferWithdrawn) else "published"
 
 
-def _runs(events: list[Envelope[Any]]) -> list[list[Envelope[Any]]]:
-    """The batch cut where the kind of event changes: each run is applied whole, the runs in stream order."""
+def _runs(events: list[Envelope[Any]], kind: Mapping[type, str] | None = None) -> list[list[Envelope[Any]]]:
+    """The batch cut where the kind of event (its class, or `kind` of it) changes: each run is applied
+    whole, the runs in stream order."""
+    def of(ev: Envelope[Any]) -> object:
+        return kind.get(type(ev.payload)) if kind else type(ev.payload)
+
     runs: list[list[Envelope[Any]]] = []
     for ev in events:
-        if runs and type(runs[-1][-1].payload) is type(ev.payload):
+        if runs and of(runs[-1][-1]) == of(ev):
             runs[-1].append(ev)
         else:
             runs.append([ev])

@@ -73,7 +73,7 @@ async def test_an_offer_under_another_vendors_offer_id_is_dead_lettered(exchange
         available_from=T0, available_until=T0.replace(year=T0.year + 1))
     env = new_envelope(hijack, source="agent", party="v-evil", correlation_id=hijack.offer_id)
     await exchange.publish(env)
-    [dl] = await eventually(lambda: dead_letters(exchange, "matching-offer-changed"), what="dead letter")
+    [dl] = await eventually(lambda: dead_letters(exchange, "matching-inputs"), what="dead letter")
     assert "a vendor publishes and withdraws only its own offers" in dl.headers["Strongmoose-Error"]
     [book] = await exchange.query("matching", "offers")
     assert (book["vendor"], book["price_micro_eur_per_dtu_hour"]) == ("elastx", 45_000)

@@ -138,9 +138,10 @@ async def test_a_running_job_cancelled_is_stopped_by_the_agent_and_pays_only_for
         code, out = await smctl(infra, "cancel", "job", "long", "-n", "xyz")
         assert code == 0 and "job xyz/long cancelled while running: its vendor stops it" in out, out
 
-        async def settled() -> Any:
+        async def settled() -> Any:  # intake hears placement and settlement on separate consumers: wait for both
             j = await exchange.job("xyz", "long")
-            return j if j and "ChargePosted" in types(j) and j["total_micro_eur"] is not None else None
+            return j if j and {"ChargePosted", "WorkloadFailed"} <= set(types(j)) and j["total_micro_eur"] is not None \
+                else None
         job = await eventually(settled, what="the cancelled job's charge")
         assert (job["status"], job["outcome"]) == ("cancelled", "cancelled")
         assert next(t["detail"] for t in job["timeline"] if t["type"] == "WorkloadFailed") == "failed: cancelled"

@@ -165,8 +165,8 @@ async def test_two_instances_each_own_their_markets(infra: Infra, exchange: Exch
                 assert jobs == {mine: "matched", theirs: "elsewhere"}
         finally:
             await con.close()
-        consumers = {c.name for c in await exchange.js.consumers_info("INTAKE")}
-        assert {"matching-job-accepted-se-sto", "matching-job-accepted-fi-hel"} <= consumers
+        consumers = {c.name for c in await exchange.js.consumers_info("MATCHING_IN")}
+        assert {"matching-inputs-se-sto", "matching-inputs-fi-hel"} <= consumers
     finally:
         for rt in runtimes:
             await rt.stop()

@@ -183,7 +183,7 @@ async def test_an_offer_withdrawn_by_another_vendor_is_dead_lettered_and_stays(e
     await exchange.wait_offers(1)
     forged = OfferWithdrawn(offer_id=offer_id("elastx", "n1"), vendor="elastx", node="n1")
     await exchange.publish(new_envelope(forged, source="agent", party="v-evil", correlation_id=forged.offer_id))
-    [dl] = await eventually(lambda: dead_letters(exchange, "matching-offer-changed"), what="dead letter")
+    [dl] = await eventually(lambda: dead_letters(exchange, "matching-inputs"), what="dead letter")
     assert "a vendor publishes and withdraws only its own offers" in dl.headers["Strongmoose-Error"]
     assert [o["vendor"] for o in await exchange.query("matching", "offers")] == ["elastx"]
 

@@ -24,7 +24,7 @@ from libs.common.events.sdk import JobSubmitted
 from libs.common.ids import job_id, offer_id
 from libs.common.localinfra import Infra
 from libs.common.replay import ReplayReport, drop_schema, load_service, replay
-from libs.common.streams import STREAMS
+from libs.common.streams import ALL_STREAMS
 from tests.support import REPO, Exchange
 
 pytestmark = [pytest.mark.integration]
@@ -126,13 +126,13 @@ async def demo_flow(ex: Exchange) -> dict[str, int]:
 
 
 async def stream_totals(ex: Exchange) -> dict[str, int]:
-    return {name: (await ex.js.stream_info(name)).state.last_seq for name in STREAMS}
+    return {name: (await ex.js.stream_info(name)).state.last_seq for name in ALL_STREAMS}
 
 
 async def consumer_positions(ex: Exchange) -> dict[str, tuple[int, int]]:
     """Every consumer on the streams (the replay's own are gone when it ends) and where it stands."""
     out = {}
-    for name in STREAMS:
+    for name in ALL_STREAMS:
         for c in await ex.js.consumers_info(name):
             out[c.name] = (c.delivered.stream_seq, c.ack_floor.stream_seq)
     return out
