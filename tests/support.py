@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from libs.common.bus import Runtime
 from libs.common.envelope import Envelope, new_envelope
 from libs.common.events.sdk import DepositRequested
+from libs.common.migrate import migrate
 from libs.common.streams import ALL_STREAMS
 from libs.common.subjects import query, subject_for
 
@@ -34,6 +35,17 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 60.0,
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+async def migrated_schema(database_url: str, schema: str, migrations: Path) -> None:
+    """A service's schema with its migrations applied, as the service's runtime would."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, server_settings={"search_path": schema})
+    try:
+        async with pool.acquire() as con:
+            await con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await migrate(pool, schema, migrations)
+    finally:
+        await pool.close()
 
 
 @dataclass

@@ -63,19 +63,31 @@ class Agent:
         self.js: JetStreamContext | None = None
         self.running: dict[UUID, asyncio.Task[None]] = {}
         self.cancelled: dict[UUID, asyncio.Task[None]] = {}  # workloads whose job was cancelled: their stoppers
+        self.in_flight: set[tuple[str, str]] = set()  # (vendor, node) of the heartbeat being published
+        self.withdraw_again: list[OfferWithdrawn] = []  # withdrawals a heartbeat on its way overtook
 
     async def publish(self, env: Envelope[Any]) -> None:
         assert self.js is not None
         await self.js.publish(subjects.subject_for(env), env.to_bytes(), headers={"Nats-Msg-Id": str(env.id)})
 
     async def publish_offers(self) -> None:
+        """Publish every offer (a heartbeat). A node withdrawn while they are on their way may be published
+        after its withdrawal: it is withdrawn again once they are stored, so that it does not come back."""
         assert self.js is not None
         now = datetime.now(timezone.utc)
-        events = [offer_event(o, now, self.settings.window_days) for o in self.offers]
-        futures = [await self.js.publish_async(subjects.subject_for(e), e.to_bytes(),
-                                               headers={"Nats-Msg-Id": str(e.id)}) for e in events]
-        await asyncio.gather(*futures)
+        self.in_flight = {(o.vendor, o.node) for o in self.offers}
+        try:
+            events = [offer_event(o, now, self.settings.window_days) for o in self.offers]
+            futures = [await self.js.publish_async(subjects.subject_for(e), e.to_bytes(),
+                                                   headers={"Nats-Msg-Id": str(e.id)}) for e in events]
+            await asyncio.gather(*futures)
+        finally:
+            self.in_flight = set()
         log.info("published %d offers for %d vendors", len(futures), len(self.vendors))
+        overtaken, self.withdraw_again = self.withdraw_again, []
+        for p in overtaken:
+            await self.publish(new_envelope(p, source="agent", party=subjects.vendor_party(p.vendor),
+                                            correlation_id=p.offer_id))
 
     async def heartbeat(self) -> None:
         while True:
@@ -113,6 +125,9 @@ class Agent:
             self.offers = [o for o in self.offers if (o.vendor, o.node) != (p.vendor, p.node)]
             if len(self.offers) < before:
                 log.info("%s/%s withdrawn: no longer offered", p.vendor, p.node)
+            if (p.vendor, p.node) in self.in_flight:  # a heartbeat on its way publishes it again: undo that
+                self.in_flight.discard((p.vendor, p.node))
+                self.withdraw_again.append(p)
 
     async def serve(self) -> None:
         assert self.nc is not None

@@ -618,8 +618,9 @@ class Exchange:
                 if await _next_answer(answers, deadline) is not None:
                     return WithdrawOutcome(env.id, vendor, node, True)
                 # a withdrawal of an offer not in the book says nothing: the book shows it absent
-                if not any(o["node"] == node for o in await self.offers(vendor)):
-                    return WithdrawOutcome(env.id, vendor, node, False)
+                with contextlib.suppress(ExchangeError):  # matching down: the withdrawal waits in its stream
+                    if not any(o["node"] == node for o in await self.offers(vendor)):
+                        return WithdrawOutcome(env.id, vendor, node, False)
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"matching did not take {vendor}/{node} out of the book within "
                                        f"{timeout_s:g}s (the request is stored and will be applied when matching "

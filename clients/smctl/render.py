@@ -243,7 +243,9 @@ def explain_lines(ex: dict[str, Any]) -> list[Any]:
     booked = ex.get("booked")
     if booked:
         when = f"from {short_time(booked.get('start_at'))} to {short_time(booked.get('end_at'))}"
-        head.add_row("booked", _t(f"{booked.get('vendor')}/{booked.get('node')} {when}"))
+        left = booked.get("left_book_at")
+        gone = f"; its offer left the book at {short_time(left)}" if left else ""
+        head.add_row("booked", _t(f"{booked.get('vendor')}/{booked.get('node')} {when}{gone}"))
     head.add_row("offers", _t(f"{ex.get('offers')} in the book at {short_time(ex.get('at'))}, "
                               f"{ex.get('fit')} fit the job"))
     best = ex.get("best_now")

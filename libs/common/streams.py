@@ -129,31 +129,21 @@ async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> N
     keeps an existing stream's replica count and creates missing ones with one replica.
     """
     for name, subjects in STREAMS.items():
-        config = StreamConfig(
-            name=name,
-            subjects=subjects,
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=MAX_AGE_S,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            num_replicas=replicas or 1,
-        )
-        await _put_stream(js, config, replicas)
+        await _put_stream(js, StreamConfig(name=name, subjects=subjects), replicas)
     for name, sources in SOURCED.items():
-        config = StreamConfig(
-            name=name,
-            sources=[StreamSource(name=src, subject_transforms=[SubjectTransform(src=f, dest="") for f in filters])
-                     for src, filters in sources.items()],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=MAX_AGE_S,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            num_replicas=replicas or 1,
-        )
-        await _put_stream(js, config, replicas)
+        # a transform to "" keeps the subject: one filter per subject wanted from the source
+        await _put_stream(js, StreamConfig(name=name, sources=[
+            StreamSource(name=src, subject_transforms=[SubjectTransform(src=f, dest="") for f in filters])
+            for src, filters in sources.items()]), replicas)
 
 
 async def _put_stream(js: JetStreamContext, config: StreamConfig, replicas: int | None) -> None:
+    """Create the stream, or bring it to `config`, with the retention every stream here has."""
+    config.retention = RetentionPolicy.LIMITS
+    config.storage = StorageType.FILE
+    config.max_age = MAX_AGE_S
+    config.duplicate_window = DUPLICATE_WINDOW_S
+    config.num_replicas = replicas or 1
     try:
         info = await js.stream_info(config.name)
     except NotFoundError:

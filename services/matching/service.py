@@ -248,13 +248,13 @@ async def explain_job(con: asyncpg.Connection, req: dict[str, Any]) -> dict[str,
     request: JobRequest = job["request"]
     counts, reasons, best = book.analyse(request, at)
     held = job["offer_id"] is not None and job["released_at"] is None
-    booked = book.offer(job["offer_id"]) if held else None
     return {
         "tenant": request.tenant, "name": request.name, "job_id": str(job["job_id"]), "status": job["status"],
         "at": at.isoformat(), "offers": len(book), "fit": counts["fit"],
         "constraints": [r.model_dump() for r in reasons],
         "booked": None if not held else {
-            "vendor": booked.vendor if booked else None, "node": booked.node if booked else None,
+            "vendor": job["vendor"], "node": job["node"],
+            "left_book_at": job["lost_at"].isoformat() if job["lost_at"] else None,
             "offer_id": str(job["offer_id"]), "start_at": job["start_at"].isoformat(),
             "end_at": job["end_at"].isoformat()},
         "best_now": None if best is None else {

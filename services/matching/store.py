@@ -108,10 +108,12 @@ async def load_book(tx: asyncpg.Connection, now: datetime, lock: bool = True) ->
 
 
 async def job_of(con: asyncpg.Connection, tenant: str, name: str) -> dict[str, Any] | None:
-    """A job in the book by its tenant and name: its request, its status and its reservation, if any."""
+    """A job in the book by its tenant and name: its request, its status and its reservation (with its node,
+    and when that left the book), if any."""
     row = await con.fetchrow(
         "SELECT p.job_id, p.status, p.accepted_at, p.request::text AS request, r.offer_id, r.start_at, r.end_at, "
-        "r.released_at FROM pending_jobs p LEFT JOIN reservations r USING (job_id) "
+        "r.released_at, o.vendor, o.node, o.lost_at FROM pending_jobs p LEFT JOIN reservations r USING (job_id) "
+        "LEFT JOIN offers o ON o.offer_id = r.offer_id "  # a lost or withdrawn offer still names its node
         "WHERE p.tenant = $1 AND p.name = $2 ORDER BY p.accepted_at DESC, r.attempt DESC LIMIT 1", tenant, name)
     if row is None:
         return None

@@ -38,6 +38,7 @@ async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) 
         if ev.payload.match is None:
             raise PermanentError(f"FundsHeld of job {ev.payload.job_id} carries no match to place")
     matches = [ev.payload.match for ev in events]
+    await store.lock_nodes(tx, [offer_id(m.vendor, m.node) for m in matches])  # a loss now waits, or is seen
     await store.lock_jobs(tx, [m.job_id for m in matches])
     cancelled = await store.cancellations(tx, [m.job_id for m in matches])
     rows = [(derived_id(ev.id, "workload"), m.job_id, m.request.tenant, m.request.name, m.vendor, m.node,
@@ -56,9 +57,9 @@ async def place_jobs(tx: asyncpg.Connection, events: list[Envelope[FundsHeld]]) 
                                                     vendor=p.vendor, reason=c["reason"], at=ev.time),
                               source=SOURCE, party=tenant_party(p.request.tenant), correlation_id=p.job_id))
             continue
-        lost_at, cause = losses.get(offer_id(p.vendor, p.node), (None, ""))
+        lost_at, cause, words = losses.get(offer_id(p.vendor, p.node), (None, "", ""))
         if lost_at is not None and ev.time <= lost_at:  # matched while the node was alive, lost before placed
-            reason = _lost(p.vendor, p.node, lost_at, cause)
+            reason = _lost(p.vendor, p.node, lost_at, cause, words)
             await store.unplace(tx, row[0], lost_at, reason)
             w = dict(zip(("workload_id", "job_id", "tenant", "name", "vendor", "node"), row, strict=False))
             out.append(_unplaced(ev, {**w, "attempt": p.attempt, "deadline": p.request.not_after}, reason, lost_at))
@@ -161,8 +162,9 @@ async def lose_nodes(tx: asyncpg.Connection, events: list[Envelope[OfferLost]]) 
     started are given up (PlacementFailed, so that their jobs are booked elsewhere) and the vendor is told to
     drop them, should it come back; running ones go on. A match on the node that comes later is given up too
     (`place_jobs`)."""
+    await store.lock_nodes(tx, [ev.payload.offer_id for ev in events])  # a placement on them now waits, or is seen
     await store.add_lost_offers(tx, [(ev.payload.offer_id, ev.payload.lost_at, ev.payload.vendor, ev.payload.node,
-                                      ev.id, ev.payload.cause) for ev in events])
+                                      ev.id, ev.payload.cause, ev.payload.reason) for ev in events])
     on_node = {ev.id: await store.assigned_on(tx, ev.payload.vendor, ev.payload.node) for ev in events}
     jobs = sorted({j for js in on_node.values() for j in js})
     await store.lock_jobs(tx, jobs)
@@ -177,7 +179,7 @@ async def lose_nodes(tx: asyncpg.Connection, events: list[Envelope[OfferLost]]) 
                 continue
             # the same reason and time as when the match reaches placement after the loss (`place_jobs`):
             # whichever comes first, the workload ends the same (a replay's order may differ from live's)
-            reason = _lost(p.vendor, p.node, p.lost_at, p.cause)
+            reason = _lost(p.vendor, p.node, p.lost_at, p.cause, p.reason)
             await store.unplace(tx, w["workload_id"], p.lost_at, reason)
             workloads[jid] = {**w, "status": "unplaced"}
             out.append(_unplaced(ev, w, reason, p.lost_at, n=str(w["workload_id"])))
@@ -187,9 +189,9 @@ async def lose_nodes(tx: asyncpg.Connection, events: list[Envelope[OfferLost]]) 
     return out
 
 
-def _lost(vendor: str, node: str, lost_at: datetime, cause: str) -> str:
+def _lost(vendor: str, node: str, lost_at: datetime, cause: str, words: str = "") -> str:
     why = "withdrawn by its vendor" if cause == "withdrawn" else "lost (no heartbeat)"
-    return f"its node {vendor}/{node} was {why} at {lost_at.isoformat()}"
+    return f"its node {vendor}/{node} was {why} at {lost_at.isoformat()}" + (f": {words}" if words else "")
 
 
 def _unplaced(cause: Envelope[Any], w: Any, reason: str, at: Any, n: str = "0") -> Envelope[Any]:

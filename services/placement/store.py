@@ -54,6 +54,13 @@ async def lock_jobs(tx: asyncpg.Connection, job_ids: list[UUID]) -> None:
                          [(str(j),) for j in sorted(set(job_ids))])
 
 
+async def lock_nodes(tx: asyncpg.Connection, offer_ids: list[UUID]) -> None:
+    """Serialise placing on a node and losing it until commit (a transaction lock per node, taken before the
+    jobs' locks, in offer order): a match placed while its node is lost is seen by one or the other."""
+    await tx.executemany("SELECT pg_advisory_xact_lock(hashtextextended('placement-node:' || $1::text, 0))",
+                         [(str(o),) for o in sorted(set(offer_ids))])
+
+
 async def workloads_of_jobs(tx: asyncpg.Connection, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
     """Each job's workload of its latest attempt (earlier ones never started)."""
     rows = await tx.fetch("SELECT * FROM workloads WHERE job_id = ANY($1::uuid[]) ORDER BY workload_id FOR UPDATE",
@@ -72,16 +79,17 @@ async def unplace(tx: asyncpg.Connection, workload_id: UUID, at: datetime, reaso
 
 
 async def add_lost_offers(tx: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """rows: (offer_id, lost_at, vendor, node, event_id, cause)."""
-    await tx.executemany("INSERT INTO lost_offers (offer_id, lost_at, vendor, node, event_id, cause) "
-                         "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", rows)
+    """rows: (offer_id, lost_at, vendor, node, event_id, cause, reason)."""
+    await tx.executemany("INSERT INTO lost_offers (offer_id, lost_at, vendor, node, event_id, cause, reason) "
+                         "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING", rows)
 
 
-async def last_losses(tx: asyncpg.Connection, offer_ids: list[UUID]) -> dict[UUID, tuple[datetime, str]]:
-    """When each of these offers was last lost, and why (offers never lost are left out)."""
-    rows = await tx.fetch("SELECT DISTINCT ON (offer_id) offer_id, lost_at, cause FROM lost_offers "
+async def last_losses(tx: asyncpg.Connection, offer_ids: list[UUID]) -> dict[UUID, tuple[datetime, str, str]]:
+    """When each of these offers was last lost, how and in the vendor's words (offers never lost are left
+    out)."""
+    rows = await tx.fetch("SELECT DISTINCT ON (offer_id) offer_id, lost_at, cause, reason FROM lost_offers "
                           "WHERE offer_id = ANY($1::uuid[]) ORDER BY offer_id, lost_at DESC", offer_ids)
-    return {r["offer_id"]: (r["lost_at"], r["cause"]) for r in rows}
+    return {r["offer_id"]: (r["lost_at"], r["cause"], r["reason"]) for r in rows}
 
 
 async def assigned_on(tx: asyncpg.Connection, vendor: str, node: str) -> list[UUID]:

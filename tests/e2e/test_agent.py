@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -15,10 +16,11 @@ import pytest
 from clients.agent.agent import Agent
 from clients.agent.settings import AgentSettings
 from libs.common.envelope import new_envelope
+from libs.common.events.agent import OfferWithdrawn
 from libs.common.events.sdk import JobSubmitted
-from libs.common.ids import job_id
+from libs.common.ids import job_id, offer_id
 from libs.common.localinfra import Infra
-from tests.support import Exchange
+from tests.support import Exchange, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -111,3 +113,31 @@ async def test_a_workload_interrupted_by_an_agent_crash_is_stopped_and_reported_
     finally:
         assert second.nc is not None
         await second.nc.close()
+
+
+async def test_a_node_withdrawn_while_a_heartbeat_is_on_its_way_does_not_come_back(
+        exchange: Exchange, infra: Infra, tmp_path: Path) -> None:
+    async with serving_agent(exchange, infra, tmp_path, "safespring") as agent:
+        assert agent.js is not None
+        gone = agent.offers[0]
+        publish_async = agent.js.publish_async
+        withdrawn = False
+
+        async def withdraw_first(*args: Any, **kw: Any) -> Any:  # the withdrawal overtakes the heartbeat
+            nonlocal withdrawn
+            if not withdrawn:
+                withdrawn = True
+                oid = offer_id(gone.vendor, gone.node)
+                await exchange.publish(new_envelope(
+                    OfferWithdrawn(offer_id=oid, vendor=gone.vendor, node=gone.node), source="sdk",
+                    party=f"v-{gone.vendor}", correlation_id=oid))
+
+                async def heard() -> bool:
+                    return gone not in agent.offers
+                await eventually(heard, what="the agent to hear of the withdrawal")
+            return await publish_async(*args, **kw)
+        agent.js.publish_async = withdraw_first  # type: ignore[method-assign]
+        await agent.publish_offers()  # the heartbeat publishes the node after its withdrawal ...
+        await exchange.quiet()
+        book = {o["node"] for o in await exchange.query("matching", "offers", vendor=gone.vendor)}
+        assert gone.node not in book and len(book) == len(agent.offers)  # ... and withdraws it again

@@ -27,10 +27,10 @@ from libs.common.events.sdk import DepositRequested, DisputeResolutionRequested,
 from libs.common.ids import derived_id, job_id
 from libs.common.localinfra import Infra
 from libs.common.manifest import validate_manifest
-from libs.common.migrate import migrate
 from libs.common.subjects import OPERATOR_PARTY
 from services.settlement import service, store
 from services.settlement.store import TransferConflict
+from tests.support import migrated_schema
 
 pytestmark = pytest.mark.integration
 
@@ -140,14 +140,7 @@ def _schema() -> str:
 
 
 async def _migrated(database_url: str, schema: str) -> None:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1,
-                                     server_settings={"search_path": schema})
-    try:
-        async with pool.acquire() as con:
-            await con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        await migrate(pool, schema, MIGRATIONS)
-    finally:
-        await pool.close()
+    await migrated_schema(database_url, schema, MIGRATIONS)
 
 
 @pytest_asyncio.fixture
