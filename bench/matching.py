@@ -558,7 +558,7 @@ def main() -> None:
         out(f"  extrapolated, all {a.jobs:,} jobs: naive {naive_mean * a.jobs / 1000:,.0f} s vs the book's "
             f"{c.seconds:.1f} s measured ({naive_mean * a.jobs / 1000 / c.seconds:,.0f}x); "
             f"speed-up on the same jobs {speedup:,.0f}x")
-    ca = classad_phase(book, jobs, a.classad_jobs, a.classad_offers, a.seed)
+    ca = classad_phase(book, jobs, a.classad_jobs, a.classad_offers, a.seed) if a.classad_jobs else None
     if ca:
         out(f"\nHTCondor ClassAds (classad2 symmetricMatch + Rank, equivalent expressions; a calendar is one "
             f"window there) on {ca['pairs']:,} job-offer pairs: {ca['classad_us']:.2f} us/pair vs our rules "

@@ -9,7 +9,9 @@ of free capacity per hour (`domain.Timeline`). A decision:
    looked at offer by offer;
 2. walks the candidates best-first: a heap holds, per opened bucket, the lowest cost any of its remaining
    offers could give the job (its next offer's lowest price, times the job's DTUs, plus its GPUs at the
-   bucket's lowest GPU price); buckets are opened in the order of their own lowest cost;
+   bucket's lowest GPU price); buckets are opened in the order of their own lowest cost; where prices change
+   by the hour, a bound that the cheapest hour alone does not make tight is raised, once it could rule
+   offers out, to the least mean a run of the job's duration in its window could pay (`_run_bound`);
 3. stops as soon as that bound exceeds the best run found (or the job's price cap): nothing left can be
    cheaper. Ties are still examined, so the winner is exactly the one `domain.best_match` picks by
    scanning every offer (ties: earlier start, the vendor's reliability, vendor, node, offer id).
@@ -139,32 +141,96 @@ class _Bucket:
         return (max(bisect_right(self.cal_ts, n.earliest) - 1, 0),
                 min(bisect_left(self.cal_ts, n.deadline), len(self.cal_ts) - 1))
 
-    def bound(self, n: Need, k: int, lo: int, hi: int) -> int:
-        """The lowest cost (scaled as Need.cost) any entry from position k on could give a run of the job;
-        _NEVER when none of them has an hour within the job's caps."""
+    def bound(self, n: Need, k: int, lo: int, hi: int) -> tuple[int, bool]:
+        """The lowest cost (scaled as Need.cost) any entry from position k on could give a run of the job
+        (_NEVER when none of them has an hour within the job's caps), and whether some run could cost just
+        that (else `run_bound` may be higher)."""
         rate, gw = n.rate_num, n.gpu * n.rate_den
         if self.cal_ts is None:
-            return rate * self.keys[k] + (gw * self.gp[k] if gw else 0)
+            return rate * self.keys[k] + (gw * self.gp[k] if gw else 0), True
         p, g = self.suf[k]
-        return _window_bound(n, p, g, lo, hi)
+        return _window_bound(n, self.cal_ts, p, g, lo, hi)
+
+    def run_bound(self, n: Need, k: int, lo: int, hi: int) -> int:
+        """A tighter (and dearer to compute) `bound` for a bucket with hourly prices: see `_run_bound`."""
+        assert self.cal_ts is not None
+        p, g = self.suf[k]
+        return _run_bound(n, self.cal_ts, p, g, lo, hi)
 
 
-def _window_bound(n: Need, p: tuple[int, ...] | list[int], g: tuple[int, ...] | list[int], lo: int, hi: int) -> int:
-    """The lowest hourly cost among stretches lo..hi-1 priced within the job's caps (_NEVER if none is):
-    a run's mean cost is never below the cheapest stretch it runs in."""
-    rate, gw, cap, gcap = n.rate_num, n.gpu * n.rate_den, n.cap, n.gpu_cap
-    low = _NEVER
+def _window_bound(n: Need, ts: tuple[int, ...], p: tuple[int, ...] | list[int], g: tuple[int, ...] | list[int],
+                  lo: int, hi: int) -> tuple[int, bool]:
+    """The lowest hourly cost among stretches lo..hi-1 priced within the job's caps (_NEVER if none is): a
+    run's mean cost is never below the cheapest stretch it runs in. And whether a whole run fits in the job's
+    window inside a stretch at that cost (when it does not, `_run_bound` is higher)."""
+    rate, gw, cap, gcap, dur = n.rate_num, n.gpu * n.rate_den, n.cap, n.gpu_cap, n.dur
+    first, last = n.earliest, n.deadline
+    low, longest = _NEVER, 0
     for j in range(lo, hi):
         x = p[j]
         if x <= cap:
             if gw:
                 y = g[j]
-                if y <= gcap:
-                    c = rate * x + gw * y
-                    if c < low:
-                        low = c
-            elif rate * x < low:
-                low = rate * x
+                if y > gcap:
+                    continue
+                c = rate * x + gw * y
+            else:
+                c = rate * x
+            if c < low or (c == low and longest < dur):
+                a, b = ts[j], ts[j + 1]
+                part = (b if b < last else last) - (a if a > first else first)
+                longest = part if c < low or part > longest else longest
+                low = c
+    return low, longest >= dur
+
+
+def _run_bound(n: Need, ts: tuple[int, ...], p: tuple[int, ...] | list[int], g: tuple[int, ...] | list[int],
+               lo: int, hi: int) -> int:
+    """The lowest cost of a run of the job over stretches lo..hi-1 (stretch j: ts[j] to ts[j+1]) at these
+    hourly prices, or _NEVER if no run fits: a run lasts the job's duration inside its window, uses no stretch
+    priced above a cap, and pays at least the time-weighted mean of its stretches' costs. Tighter than
+    `_window_bound` when the job runs longer than the cheap stretches, or only the dear hours are in reach."""
+    rate, gw, cap, gcap, dur = n.rate_num, n.gpu * n.rate_den, n.cap, n.gpu_cap, n.dur
+    low = _NEVER
+    k = lo
+    while k < hi:
+        first = k  # stretches first..k-1, all within the caps: a run stays inside them
+        costs: list[int] = []
+        while k < hi and p[k] <= cap and (not gw or g[k] <= gcap):
+            costs.append(rate * p[k] + (gw * g[k] if gw else 0))
+            k += 1
+        a, b = max(ts[first], n.earliest), min(ts[k], n.deadline)
+        k += 1
+        if b - a < dur or not costs or min(costs) >= low:
+            continue
+        cheapest = min(costs)
+        at: list[int] = []  # where each stretch's part of [a, b] starts, and b
+        cost: list[int] = []
+        longest = 0  # the longest part at the cheapest cost
+        for m, c in enumerate(costs, first):
+            x, y = max(ts[m], a), min(ts[m + 1], b)
+            if x < y:
+                at.append(x)
+                cost.append(c)
+                if c == cheapest:
+                    longest = max(longest, y - x)
+        if longest >= dur:  # a whole run fits in the cheapest stretch
+            low = cheapest
+            continue
+        at.append(b)
+        cum = [0]
+        for i, c in enumerate(cost):
+            cum.append(cum[-1] + c * (at[i + 1] - at[i]))
+
+        def spent(t: int, at: list[int] = at, cost: list[int] = cost, cum: list[int] = cum) -> int:
+            i = min(bisect_right(at, t) - 1, len(cost) - 1)
+            return cum[i] + cost[i] * (t - at[i])
+
+        # a run's cost is linear in its start between the starts where it or its end crosses a change
+        latest = b - dur
+        starts = {a, latest, *(x for x in at if a < x < latest), *(x - dur for x in at if a < x - dur < latest)}
+        least = min(spent(t + dur) - spent(t) for t in starts)
+        low = min(low, -(-least // dur))
     return low
 
 
@@ -317,7 +383,8 @@ class OrderBook:
         found: list[tuple[Rank, Entry, tuple[int, int, int, int]]] = []  # best first
         best: tuple[Rank, Entry, tuple[int, int, int, int]] | None = None  # the want-th
         best_cost: float = _INF  # once `want` runs are found: what a run must not exceed to be among them
-        heap: list[tuple[int, int, int]] = []  # (bound, bucket index, position)
+        # (bound, bucket index, position, whether the bound is as tight as it gets: `run_bound` would not raise it)
+        heap: list[tuple[int, int, int, bool]] = []
         windows: dict[int, tuple[int, int]] = {}  # per opened bucket with hourly prices: its stretches in reach
         nxt, nc = 0, len(cands)
         while True:
@@ -340,26 +407,34 @@ class OrderBook:
                     lo, hi = windows[nxt - 1] = b.window(n)
                     if lo >= hi:
                         continue
-                bound = b.bound(n, 0, lo, hi)
+                bound, tight = b.bound(n, 0, lo, hi)
                 if bound < _NEVER:
-                    heapq.heappush(heap, (bound, nxt - 1, 0))
+                    heapq.heappush(heap, (bound, nxt - 1, 0, tight))
                     top = heap[0][0]
             if not heap:
                 break
-            bound, i, k = heapq.heappop(heap)
+            bound, i, k, tight = heapq.heappop(heap)
             if bound > best_cost or (over_budget is not None and bound * dur > over_budget):
                 break  # nothing left can be cheaper than the best run (or within the budget)
             b = cands[i]
-            e = b.entries[k]
             lo, hi = windows.get(i, (0, 0))
+            if not tight and best_cost < _INF:  # tighten the bound only where that may rule entries out
+                tb = b.run_bound(n, k, lo, hi)
+                if tb > bound:
+                    if tb < _NEVER and tb <= best_cost:
+                        heapq.heappush(heap, (tb, i, k, True))
+                    continue  # else none of the bucket's entries from k on can be among the best
+            e = b.entries[k]
             if k + 1 < len(b.entries) and b.keys[k + 1] <= cap:
-                nb = b.bound(n, k + 1, lo, hi)
+                nb, nb_tight = b.bound(n, k + 1, lo, hi)
                 if nb < _NEVER:
-                    heapq.heappush(heap, (nb, i, k + 1))
+                    heapq.heappush(heap, (nb, i, k + 1, nb_tight))
             if gw and e.lb_gp > gcap:
                 continue  # its own GPU price puts it out of the cap
-            if e.cal is not None and _window_bound(n, e.cal[1], e.cal[2], lo, hi) > best_cost:
-                continue  # its own hours in reach within the caps cost more than the best run (or are none)
+            if e.cal is not None:
+                own, exact = _window_bound(n, *e.cal, lo, hi)
+                if own > best_cost or (not exact and best_cost < _INF and _run_bound(n, *e.cal, lo, hi) > best_cost):
+                    continue  # a run in its own hours in reach within the caps costs more than the best (or none fits)
             if over_budget is not None and not e.price_ok(n):
                 continue
             if dur > e.tl.span or e.tl.ts[-1] - dur < n.earliest or last_start < e.tl.ts[0]:

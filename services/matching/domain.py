@@ -280,13 +280,16 @@ class Timeline:
                 run_start = ts[i]
             span = max(span, ts[i + 1] - run_start)
         self.span = span
-        self._open: list[tuple[list[tuple[int, ...]], list[int], int] | None] = [None, None]
+        # per kind of job (without, with GPUs), built when needed: most offers never are
+        self._open: list[tuple[list[tuple[int, ...]], list[int], int] | None] | None = None
 
     def _windows(self, gpu_job: bool) -> tuple[list[tuple[int, ...]], list[int], int]:
         """Where a job could run (some vCPU and memory free, at a price; for a GPU job, a GPU too): maximal
         windows (start, end, the most vCPU, memory and GPUs free in any of their stretches, and their lowest
         prices), their ends, and the longest. Built when needed and again after a booking: a booked-out node
         is passed over in a few steps, however many bookings split its timeline."""
+        if self._open is None:
+            self._open = [None, None]
         got = self._open[gpu_job]
         if got is None:
             got = self._open[gpu_job] = self._open_windows(gpu_job)
@@ -484,7 +487,7 @@ class Timeline:
     def take(self, s: int, e: int, vcpu: int, mem: int, gpu: int) -> None:
         """Book (or, with negative amounts, return) capacity from s to e."""
         i, j = self._cut(s), self._cut(e)
-        self._open = [None, None]
+        self._open = None
         vc, m, g = self.vc, self.mem, self.gpu
         for k in range(i, j):
             vc[k] -= vcpu
@@ -504,7 +507,7 @@ class Timeline:
 
 
 # how runs are ranked: (cost, start) or (start, cost) by the preference, then -reliability, vendor, node, id
-Rank = tuple[int, int, int, str, str, str]
+Rank = tuple[int, int, int, str, str, UUID]
 
 
 class Entry:
@@ -517,7 +520,8 @@ class Entry:
         self.offer = offer
         self.score = score  # the vendor's reliability (ppm): ranks runs equal by the preference
         self.tl = Timeline(offer)
-        self.vendor, self.node, self.oid = offer.vendor, offer.node, str(offer.offer_id)
+        # ids order as their text does (fixed-width hex): the id itself saves a string per offer
+        self.vendor, self.node, self.oid = offer.vendor, offer.node, offer.offer_id
         self.region, self.country = sys.intern(offer.region.lower()), sys.intern(offer.country.lower())
         self.eu = offer.eu
         self.vc = _intern(_floor_scaled(offer.free_vcpu, 10**6))
@@ -537,7 +541,7 @@ class Entry:
             self.cal = (_patterns.setdefault(ts, ts), tuple(self.tl.p), tuple(self.tl.gp))
 
     @property
-    def tie(self) -> tuple[int, str, str, str]:
+    def tie(self) -> tuple[int, str, str, UUID]:
         """What decides between runs equal by the preference: the more reliable vendor, then vendor, node, id."""
         return -self.score, self.vendor, self.node, self.oid
 
@@ -689,10 +693,10 @@ def detail(constraint: str, n: Need, excluded: list[Entry]) -> str:
                     f"your budget is {_eur(n.budget)}")
         over_gpu = [e for e in excluded if e.lb_p <= n.cap]
         if over_gpu and n.gpu:
-            cheapest = min(over_gpu, key=lambda e: e.lb_gp)
+            cheapest = min(over_gpu, key=lambda e: (e.lb_gp, e.vendor))  # the same vendor, in whatever order
             return (f"cheapest is {_eur(cheapest.lb_gp)}/GPU-h ({cheapest.vendor}); "
                     f"your cap is {_eur(n.gpu_cap)}")
-        cheapest = min(excluded, key=lambda e: e.lb_p)
+        cheapest = min(excluded, key=lambda e: (e.lb_p, e.vendor))
         return (f"cheapest is {_eur(cheapest.lb_p)}/DTU-h ({cheapest.vendor}); "
                 f"your cap is {_eur(n.cap)}")
     return availability_detail(n, excluded)
