@@ -97,16 +97,22 @@ async def test_a_workload_its_vendor_gives_up_before_it_starts_is_placed_on_anot
     assert all(Decimal(str(o["free_vcpu"])) == Decimal(str(o["vcpu"])) for o in offers)  # nothing booked twice
 
 
+async def booked_at_safespring(ex: Exchange) -> tuple[Envelope[Any], Any]:
+    """The seed job assigned to safespring's n1 (elastx's n1 is dearer), and a pull subscription on what
+    safespring is told to drop."""
+    await offer(ex, "safespring", "n1", 38_000)
+    await offer(ex, "elastx", "n1", 45_000)
+    await ex.wait_offers(2)
+    await submit(ex, seed_manifest())
+    assigned = await Vendor(ex, "safespring").assignment()
+    drops = await ex.js.pull_subscribe(subjects.workload_cancel_to("safespring"), durable="test-drop",
+                                       stream="PLACEMENT")
+    return assigned, drops
+
+
 async def test_an_offer_whose_heartbeats_stop_loses_its_jobs_that_have_not_started_to_another_vendor(
         short_ttl: None, exchange: Exchange) -> None:
-    await offer(exchange, "safespring", "n1", 38_000)
-    await offer(exchange, "elastx", "n1", 45_000)
-    await exchange.wait_offers(2)
-    await submit(exchange, seed_manifest())
-    silent = Vendor(exchange, "safespring")
-    lost = await silent.assignment()  # safespring takes it, then goes quiet without starting it
-    drops = await exchange.js.pull_subscribe(subjects.workload_cancel_to("safespring"), durable="test-drop",
-                                             stream="PLACEMENT")
+    lost, drops = await booked_at_safespring(exchange)  # it takes the job, then goes quiet without starting it
     elastx = Vendor(exchange, "elastx")
     rebooked: list[Envelope[Any]] = []
 
@@ -142,14 +148,7 @@ async def test_an_offer_whose_heartbeats_stop_loses_its_jobs_that_have_not_start
 
 async def test_a_withdrawn_offer_leaves_the_book_at_once_and_its_job_that_has_not_started_runs_elsewhere(
         exchange: Exchange, infra: Infra) -> None:
-    await offer(exchange, "safespring", "n1", 38_000)
-    await offer(exchange, "elastx", "n1", 45_000)
-    await exchange.wait_offers(2)
-    await submit(exchange, seed_manifest())
-    safespring = Vendor(exchange, "safespring")
-    first = await safespring.assignment()
-    drops = await exchange.js.pull_subscribe(subjects.workload_cancel_to("safespring"), durable="test-drop",
-                                             stream="PLACEMENT")
+    first, drops = await booked_at_safespring(exchange)
     code, out = await smctl(infra, "vendor", "withdraw", "safespring", "n1", "--reason", "maintenance")
     assert code == 0 and "withdrew safespring/n1" in out, out
     assert [o["vendor"] for o in await exchange.query("matching", "offers")] == ["elastx"]  # out at once, no TTL
